@@ -1,0 +1,70 @@
+"""Configuration, read once from the environment into a frozen object.
+
+The variable names and defaults of the product specification are the interface (see the
+README's table); variables added by this project use the ARTS_ prefix.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def _bool(value: str) -> bool:
+    """Parse a boolean setting the way operators write them."""
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Every setting of every service; each process reads the ones it needs."""
+
+    address: str
+    directory: str
+    ares_client_address: str
+    scan_on_push: bool
+    scan_queue: str
+    debug: bool
+    data_dir: Path
+    storage_url: str
+    fdb_cluster_file: str | None
+    metadata_address: str
+    blob_address: str
+    scan_address: str
+    gc_address: str
+    upload_chunk_bytes: int
+
+    @property
+    def kv_path(self) -> Path:
+        """The embedded KV store's file (used when no FoundationDB cluster is configured)."""
+        return self.data_dir / "metadata" / "kv.sqlite3"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read the settings from `env` (default: the process environment)."""
+        e = os.environ if env is None else env
+        data_dir = Path(e.get("ARTS_DATA_DIR", "./data")).absolute()
+        run = data_dir / "run"
+        return cls(
+            address=e.get("ARTIFACT_STORE_ADDRESS", "0.0.0.0:7111"),
+            directory=e.get("ARTIFACT_STORE_DIRECTORY", "registry"),
+            ares_client_address=e.get("ARES_CLIENT_ADDRESS", "http://localhost:9182"),
+            scan_on_push=_bool(e.get("ARTS_SCAN_ON_PUSH", "true")),
+            scan_queue=e.get("ARTS_SCAN_QUEUE", "arts-scan"),
+            debug=_bool(e.get("DEBUG", "false")),
+            data_dir=data_dir,
+            storage_url=e.get("ARTS_STORAGE_URL", (data_dir / "storage").as_uri()),
+            fdb_cluster_file=e.get("FDB_CLUSTER_FILE") or None,
+            metadata_address=e.get("ARTS_METADATA_ADDRESS", f"unix:{run / 'metadata.sock'}"),
+            blob_address=e.get("ARTS_BLOB_ADDRESS", f"unix:{run / 'blob.sock'}"),
+            scan_address=e.get("ARTS_SCAN_ADDRESS", f"unix:{run / 'scan.sock'}"),
+            gc_address=e.get("ARTS_GC_ADDRESS", f"unix:{run / 'gc.sock'}"),
+            upload_chunk_bytes=int(e.get("ARTS_UPLOAD_CHUNK_BYTES", str(1024 * 1024))),
+        )

@@ -1,0 +1,110 @@
+"""Telemetry set-up for one process: its service.name, W3C trace context propagation and
+the exporter the standard OTEL_* variables choose.
+
+`OTEL_TRACES_EXPORTER` picks `otlp` (protocol from `OTEL_EXPORTER_OTLP_PROTOCOL`:
+`grpc` or `http/protobuf`), `console` or `none`; unset means nothing is exported (spans
+are still created so that context flows between processes). `ARTS_TRACES_FILE` appends
+every exported batch to a file as one OTLP JSON line, for use with no backend at hand.
+Sampler, resource attributes and endpoints come from the SDK's own OTEL_* handling.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from google.protobuf import json_format
+from opentelemetry import trace
+from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+
+log = logging.getLogger(__name__)
+
+
+class OtlpJsonFileExporter(SpanExporter):
+    """Appends each batch as one line of OTLP JSON (an ExportTraceServiceRequest), the
+    form the OpenTelemetry Collector's file exporter writes."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        """Write the batch; ids are hex strings as OTLP JSON requires, not base64."""
+        message = json_format.MessageToDict(encode_spans(spans))
+        _hex_ids(message)
+        line = json.dumps(message, separators=(",", ":")) + "\n"
+        with self._lock, open(self._path, "a", encoding="utf-8") as f:
+            f.write(line)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        """Nothing to release: the file is opened per batch."""
+
+
+def _hex_ids(node: Any) -> None:
+    """Rewrite protobuf-JSON's base64 trace and span ids into OTLP JSON's hex form."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in {"traceId", "spanId", "parentSpanId"} and isinstance(value, str):
+                node[key] = base64.b64decode(value).hex()
+            else:
+                _hex_ids(value)
+    elif isinstance(node, list):
+        for item in node:
+            _hex_ids(item)
+
+
+def _exporters(env: Mapping[str, str]) -> list[SpanExporter]:
+    exporters: list[SpanExporter] = []
+    for name in filter(None, (n.strip() for n in env.get("OTEL_TRACES_EXPORTER", "").split(","))):
+        if name == "none":
+            continue
+        if name == "console":
+            exporters.append(ConsoleSpanExporter())
+        elif name == "otlp":
+            protocol = env.get(
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", env.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            )
+            if protocol == "grpc":
+                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                    OTLPSpanExporter as GrpcExporter,
+                )
+
+                exporters.append(GrpcExporter())
+            else:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+                    OTLPSpanExporter as HttpExporter,
+                )
+
+                exporters.append(HttpExporter())
+        else:
+            log.warning("unknown OTEL_TRACES_EXPORTER %r ignored", name)
+    if path := env.get("ARTS_TRACES_FILE"):
+        exporters.append(OtlpJsonFileExporter(path))
+    return exporters
+
+
+def setup(service_name: str, *, debug: bool = False) -> TracerProvider:
+    """Configure logging and the global tracer provider for this process."""
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        format="%(asctime)s %(levelname)s " + service_name + " %(name)s: %(message)s",
+    )
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    for exporter in _exporters(os.environ):
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    return provider
