@@ -1,0 +1,63 @@
+"""The `artifact-store` command: run the whole mesh or one service of it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import uvloop
+
+from artifactstore import telemetry
+from artifactstore.config import Settings
+
+# Service name on the command line → (module with `async def main(settings)`, service.name).
+SERVICES: dict[str, tuple[str, str]] = {
+    "gateway": ("gateway.server", "gateway"),
+    "metadata": ("metadata_svc.server", "metadata_svc"),
+    "blob": ("blob_svc.server", "blob_svc"),
+    "scan": ("scan_svc.server", "scan_svc"),
+    "gc": ("gc_svc.server", "gc_svc"),
+}
+
+
+def run_service(name: str, settings: Settings) -> None:
+    """Run one service of the mesh in this process until it is told to stop."""
+    module_name, service_name = SERVICES[name]
+    telemetry.setup(service_name, debug=settings.debug)
+    main: Callable[[Settings], Coroutine[Any, Any, None]] = importlib.import_module(
+        module_name
+    ).main
+    uvloop.run(main(settings))
+
+
+def serve(settings: Settings) -> None:
+    """Run every service as its own supervised process."""
+    from artifactstore.supervisor import Supervisor
+
+    telemetry.setup("supervisor", debug=settings.debug)
+    uvloop.run(Supervisor(settings).run())
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `artifact-store` console script."""
+    parser = argparse.ArgumentParser(
+        prog="artifact-store",
+        description="Artifact Store: an OCI registry over gRPC services. "
+        "Configuration comes from the environment (see the README).",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("serve", help="run the whole mesh, each service a supervised process")
+    for name, (_, service_name) in SERVICES.items():
+        commands.add_parser(name, help=f"run {service_name} alone")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env()
+    if args.command == "serve":
+        serve(settings)
+    else:
+        run_service(args.command, settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""`artifact-store serve`: every service of the mesh as its own process, supervised.
+
+Children are started backends first (metadata, blob, scan, gc) and the gateway last; a
+child that dies is restarted with exponential backoff and the restart is logged. On
+SIGTERM or SIGINT every child gets SIGTERM (the gateway first, so it stops taking
+requests before the services behind it go), then SIGKILL after a grace period.
+Each child's PID is written to `<data dir>/run/<service>.pid` for operators and tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from artifactstore.config import Settings
+
+log = logging.getLogger("artifactstore.supervisor")
+
+# Start order: the services the gateway calls come up first.
+SERVICES = ("metadata", "blob", "scan", "gc", "gateway")
+STOP_GRACE_SECONDS = 10.0
+MAX_BACKOFF_SECONDS = 30.0
+# A child that stayed up this long is considered healthy again: its backoff resets.
+HEALTHY_AFTER_SECONDS = 60.0
+
+
+@dataclass
+class Child:
+    """One supervised service process."""
+
+    service: str
+    pid_file: Path
+    process: asyncio.subprocess.Process | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = field(default=0.5)
+
+    async def start(self) -> None:
+        """Start the service process and record its PID."""
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "artifactstore.cli", self.service
+        )
+        self.started_at = time.monotonic()
+        self.pid_file.write_text(f"{self.process.pid}\n")
+        log.info("started %s (pid %d)", self.service, self.process.pid)
+
+
+class Supervisor:
+    """Runs the mesh until told to stop."""
+
+    def __init__(self, settings: Settings) -> None:
+        run_dir = settings.data_dir / "run"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._children = [Child(s, run_dir / f"{s}.pid") for s in SERVICES]
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Start every child, restart those that die, stop them all on a signal."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stopping.set)
+        for child in self._children:
+            await child.start()
+        watchers = [asyncio.create_task(self._watch(c)) for c in self._children]
+        await self._stopping.wait()
+        for task in watchers:
+            task.cancel()
+        await self._stop_all()
+
+    async def _watch(self, child: Child) -> None:
+        while True:
+            assert child.process is not None
+            code = await child.process.wait()
+            if self._stopping.is_set():
+                return
+            if time.monotonic() - child.started_at > HEALTHY_AFTER_SECONDS:
+                child.backoff = 0.5
+            child.restarts += 1
+            log.error(
+                "%s (pid %d) exited with %d; restart %d in %.1f s",
+                child.service,
+                child.process.pid,
+                code,
+                child.restarts,
+                child.backoff,
+            )
+            await asyncio.sleep(child.backoff)
+            child.backoff = min(child.backoff * 2, MAX_BACKOFF_SECONDS)
+            if self._stopping.is_set():
+                return
+            await child.start()
+
+    async def _stop_all(self) -> None:
+        log.info("stopping the mesh")
+        for child in reversed(self._children):
+            if child.process and child.process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.process.send_signal(signal.SIGTERM)
+                # The gateway goes first and alone, so no request meets a stopped backend.
+                if child.service == "gateway":
+                    await self._wait(child)
+        for child in self._children:
+            await self._wait(child)
+            child.pid_file.unlink(missing_ok=True)
+
+    async def _wait(self, child: Child) -> None:
+        if child.process is None or child.process.returncode is not None:
+            return
+        try:
+            await asyncio.wait_for(child.process.wait(), STOP_GRACE_SECONDS)
+        except TimeoutError:
+            log.error("%s did not stop in %.0f s; killing it", child.service, STOP_GRACE_SECONDS)
+            with contextlib.suppress(ProcessLookupError):
+                child.process.kill()
+            await child.process.wait()

@@ -1,0 +1,1 @@
+"""gc_svc: garbage collection. Today it serves health checking, reflection and its service info."""

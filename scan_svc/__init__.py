@@ -1,0 +1,1 @@
+"""scan_svc: vulnerability scanning. Today: health checking, reflection, service info."""
