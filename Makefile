@@ -1,0 +1,49 @@
+# Artifact Store — `make help` lists the targets.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help run test lint typecheck protos protos-check test-deps clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.installed ## install everything into .venv and serve the whole mesh (ARTIFACT_STORE_ADDRESS, default 0.0.0.0:7111)
+	$(BIN)/artifact-store serve
+
+test-deps: ## install the real registry clients the tests drive (Debian packages, as root)
+	@missing=""; for p in skopeo podman; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+protos: $(VENV)/.installed ## regenerate the Python code of protos/ into artifactstore/<svc>/v1/
+	$(BIN)/python scripts/gen_protos.py
+
+protos-check: $(VENV)/.installed ## fail when the generated code is stale
+	$(BIN)/python scripts/gen_protos.py --check
+
+lint: $(VENV)/.installed ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.installed ## mypy over the whole project
+	$(BIN)/mypy .
+
+test: $(VENV)/.installed test-deps protos-check lint typecheck ## everything CI runs: deps, fresh protos, lint, types, the whole test suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+clean: ## remove the virtualenv and local data
+	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

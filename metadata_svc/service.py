@@ -1,0 +1,127 @@
+"""The MetadataService servicer: proto messages in, store calls, proto messages out.
+
+Domain errors are `RegistryError`s raised by the store; the server's interceptor turns
+them into statuses with an ErrorInfo.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from artifactstore.metadata.v1 import metadata_pb2 as pb
+from artifactstore.metadata.v1 import metadata_pb2_grpc
+from metadata_svc.store import MetadataStore, UploadRecord
+
+Context = grpc.aio.ServicerContext
+
+
+def _upload(record: UploadRecord) -> pb.UploadSession:
+    return pb.UploadSession(
+        upload_id=record.upload_id,
+        repository=record.repository,
+        started_at=record.started_at,
+        last_activity_at=record.last_activity_at,
+    )
+
+
+class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
+    """Answers MetadataService calls from the store."""
+
+    def __init__(self, store: MetadataStore) -> None:
+        self._store = store
+
+    async def PutManifest(
+        self, request: pb.PutManifestRequest, context: Context
+    ) -> pb.PutManifestResponse:
+        record = await self._store.put_manifest(
+            request.repository, request.reference, request.media_type, request.content
+        )
+        return pb.PutManifestResponse(digest=record.digest, subject_digest=record.subject)
+
+    async def GetManifest(self, request: pb.GetManifestRequest, context: Context) -> pb.Manifest:
+        manifest = await self._store.get_manifest(
+            request.repository, request.reference, with_content=request.include_content
+        )
+        r = manifest.record
+        return pb.Manifest(
+            digest=r.digest,
+            media_type=r.media_type,
+            size=r.size,
+            content=manifest.content,
+            subject_digest=r.subject,
+            artifact_type=r.artifact_type,
+        )
+
+    async def DeleteManifest(
+        self, request: pb.DeleteManifestRequest, context: Context
+    ) -> pb.DeleteManifestResponse:
+        digest, tags = await self._store.delete_manifest(request.repository, request.reference)
+        return pb.DeleteManifestResponse(digest=digest, removed_tags=tags)
+
+    async def ListTags(self, request: pb.ListTagsRequest, context: Context) -> pb.ListTagsResponse:
+        tags, more = await self._store.list_tags(request.repository, request.limit, request.last)
+        return pb.ListTagsResponse(tags=tags, more=more)
+
+    async def ListRepositories(
+        self, request: pb.ListRepositoriesRequest, context: Context
+    ) -> pb.ListRepositoriesResponse:
+        names, more = await self._store.list_repositories(request.limit, request.last)
+        return pb.ListRepositoriesResponse(repositories=names, more=more)
+
+    async def ListReferrers(
+        self, request: pb.ListReferrersRequest, context: Context
+    ) -> pb.ListReferrersResponse:
+        found = await self._store.list_referrers(
+            request.repository, request.digest, request.artifact_type
+        )
+        return pb.ListReferrersResponse(
+            referrers=[
+                pb.Descriptor(
+                    media_type=r.media_type,
+                    digest=r.digest,
+                    size=r.size,
+                    artifact_type=r.artifact_type,
+                    annotations=r.annotations,
+                )
+                for r in found
+            ]
+        )
+
+    async def LinkBlob(self, request: pb.LinkBlobRequest, context: Context) -> pb.BlobLink:
+        await self._store.link_blob(
+            request.repository, request.digest, request.size, request.upload_id
+        )
+        return pb.BlobLink(repository=request.repository, digest=request.digest, size=request.size)
+
+    async def MountBlob(self, request: pb.MountBlobRequest, context: Context) -> pb.BlobLink:
+        size = await self._store.mount_blob(
+            request.repository, request.from_repository, request.digest
+        )
+        return pb.BlobLink(repository=request.repository, digest=request.digest, size=size)
+
+    async def StatBlobLink(self, request: pb.StatBlobLinkRequest, context: Context) -> pb.BlobLink:
+        size = await self._store.stat_blob_link(request.repository, request.digest)
+        return pb.BlobLink(repository=request.repository, digest=request.digest, size=size)
+
+    async def UnlinkBlob(
+        self, request: pb.UnlinkBlobRequest, context: Context
+    ) -> pb.UnlinkBlobResponse:
+        await self._store.unlink_blob(request.repository, request.digest)
+        return pb.UnlinkBlobResponse()
+
+    async def CreateUpload(
+        self, request: pb.CreateUploadRequest, context: Context
+    ) -> pb.UploadSession:
+        return _upload(await self._store.create_upload(request.repository))
+
+    async def GetUpload(self, request: pb.GetUploadRequest, context: Context) -> pb.UploadSession:
+        record = await self._store.get_upload(
+            request.repository, request.upload_id, touch=request.touch
+        )
+        return _upload(record)
+
+    async def DeleteUpload(
+        self, request: pb.DeleteUploadRequest, context: Context
+    ) -> pb.DeleteUploadResponse:
+        await self._store.delete_upload(request.repository, request.upload_id)
+        return pb.DeleteUploadResponse()
