@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -21,7 +22,8 @@ def wait_serving(address: str, service: str, timeout: float = 15.0) -> None:
     """Block until `service` at `address` answers SERVING to a health check."""
     deadline = time.monotonic() + timeout
     with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
+        # The typeshed stubs of grpcio-health-checking omit HealthStub's methods.
+        stub: Any = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
@@ -18,7 +19,9 @@ from artifactstore.metadata.v1 import metadata_pb2 as pb
 from artifactstore.metadata.v1 import metadata_pb2_grpc
 from tests.contract.conftest import StartService
 
-Stub = metadata_pb2_grpc.MetadataServiceStub
+if TYPE_CHECKING:
+    from artifactstore.metadata.v1.metadata_pb2_grpc import MetadataServiceAsyncStub as Stub
+
 CONFIG = sha256_of(b"config")
 LAYER = sha256_of(b"layer")
 
@@ -44,7 +47,7 @@ def image(
 async def stub(start_service: StartService) -> AsyncIterator[Stub]:
     address = start_service("metadata")
     async with rpc.channel(address) as channel:
-        yield Stub(channel)
+        yield metadata_pb2_grpc.MetadataServiceStub(channel)
 
 
 async def expect(reason: Reason, code: grpc.StatusCode, awaitable: object) -> RegistryError:
@@ -60,16 +63,14 @@ async def link(stub: Stub, repo: str, *digests: object) -> None:
         await rpc.call(stub.LinkBlob(pb.LinkBlobRequest(repository=repo, digest=str(d), size=5)))
 
 
-async def test_reflection_lists_the_service(start_service: StartService) -> None:
+def test_reflection_lists_the_service(start_service: StartService) -> None:
     address = start_service("metadata")
-    async with rpc.channel(address) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-
-        async def requests() -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
-            yield reflection_pb2.ServerReflectionRequest(list_services="")
-
+    with grpc.insecure_channel(address) as channel:
+        # The typeshed stubs of grpcio-reflection omit the stub's methods.
+        stub: Any = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
         names = set()
-        async for reply in stub.ServerReflectionInfo(requests()):
+        for reply in stub.ServerReflectionInfo(iter([request])):
             names |= {s.name for s in reply.list_services_response.service}
     assert {"artifactstore.metadata.v1.MetadataService", "grpc.health.v1.Health"} <= names
 
