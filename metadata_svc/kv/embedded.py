@@ -364,7 +364,6 @@ class EmbeddedTransaction(Transaction):
     def cancel(self) -> None:
         """See Transaction.cancel."""
         self._release_snapshot()
-        self._start_afresh()
         self._state = _State.CANCELLED
 
 

@@ -31,7 +31,6 @@ from metadata_svc.kv import (
     Database,
     KeyOutsideLegalRange,
     KeyTooLarge,
-    KVError,
     NotCommitted,
     Transaction,
     TransactionCancelled,
@@ -483,6 +482,7 @@ def test_concurrent_adds_sum_exactly_without_conflicts(db: Database, space: Any)
 def test_add_adds_no_read_conflict(db: Database, space: Any) -> None:
     k = space.pack(("counter",))
     adder = db.create_transaction()
+    assert adder.get(space.pack(("unrelated",))) is None  # Takes a read version.
     adder.add(k, 1)
     db.transact(lambda tr: tr.set(k, struct.pack("<q", 41)))
     adder.commit()
@@ -804,7 +804,7 @@ def test_embedded_file_is_opened_by_one_handle_only(tmp_path: Path) -> None:
     EmbeddedDatabase(tmp_path / "nested" / "kv.sqlite").close()
 
 
-def test_embedded_conflict_history_outlives_no_transaction(tmp_path: Path) -> None:
+def test_embedded_refuses_commits_it_can_no_longer_check(tmp_path: Path) -> None:
     # Commits pruned from the history can no longer be checked against, so a
     # transaction whose read version predates them must be refused as too old.
     clock = FakeClock()
@@ -821,8 +821,3 @@ def test_embedded_conflict_history_outlives_no_transaction(tmp_path: Path) -> No
             reader.commit()
     finally:
         db.close()
-
-
-def test_kv_errors_carry_fdb_codes() -> None:
-    assert issubclass(NotCommitted, KVError)
-    assert (NotCommitted.code, TransactionTooOld.code, KeyTooLarge.code) == (1020, 1007, 2102)
