@@ -1,0 +1,100 @@
+"""The gRPC face of the blob store: translates artifactstore.blob.v1 messages to and from
+BlobStore calls. Errors are RegistryErrors raised by the store (or here, for malformed
+streams); the interceptor of artifactstore.rpc turns them into statuses."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from artifactstore.blob.v1 import blob_pb2, blob_pb2_grpc
+from artifactstore.digests import Digest
+from artifactstore.errors import Reason, RegistryError
+from blob_svc.store import BlobStore
+
+SERVICE_NAME: str = blob_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
+    """artifactstore.blob.v1.BlobService over one BlobStore (contract: blob.proto)."""
+
+    def __init__(self, store: BlobStore) -> None:
+        self._store = store
+
+    async def StartUpload(
+        self, request: blob_pb2.StartUploadRequest, context: Context
+    ) -> blob_pb2.UploadStatus:
+        size = await self._store.start_upload(request.upload_id)
+        return blob_pb2.UploadStatus(upload_id=request.upload_id, size=size)
+
+    async def WriteUpload(
+        self, request_iterator: AsyncIterator[blob_pb2.WriteUploadRequest], context: Context
+    ) -> blob_pb2.UploadStatus:
+        messages = aiter(request_iterator)
+        first = await anext(messages, None)
+        if first is None or first.WhichOneof("part") != "header":
+            raise RegistryError(
+                Reason.BLOB_UPLOAD_INVALID, "the first WriteUpload message must be the header"
+            )
+        header = first.header
+        offset = header.offset if header.HasField("offset") else None
+        size = await self._store.write_upload(header.upload_id, offset, _data(messages))
+        return blob_pb2.UploadStatus(upload_id=header.upload_id, size=size)
+
+    async def GetUploadStatus(
+        self, request: blob_pb2.GetUploadStatusRequest, context: Context
+    ) -> blob_pb2.UploadStatus:
+        size = await self._store.upload_size(request.upload_id)
+        return blob_pb2.UploadStatus(upload_id=request.upload_id, size=size)
+
+    async def CommitUpload(
+        self, request: blob_pb2.CommitUploadRequest, context: Context
+    ) -> blob_pb2.BlobInfo:
+        digest = Digest.parse(request.digest)
+        info = await self._store.commit_upload(request.upload_id, digest)
+        return blob_pb2.BlobInfo(digest=str(info.digest), size=info.size)
+
+    async def CancelUpload(
+        self, request: blob_pb2.CancelUploadRequest, context: Context
+    ) -> blob_pb2.CancelUploadResponse:
+        cancelled = await self._store.cancel_upload(request.upload_id)
+        return blob_pb2.CancelUploadResponse(cancelled=cancelled)
+
+    async def StatBlob(
+        self, request: blob_pb2.StatBlobRequest, context: Context
+    ) -> blob_pb2.BlobInfo:
+        digest = Digest.parse(request.digest)
+        size = await self._store.stat(digest)
+        return blob_pb2.BlobInfo(digest=str(digest), size=size)
+
+    async def ReadBlob(
+        self, request: blob_pb2.ReadBlobRequest, context: Context
+    ) -> AsyncIterator[blob_pb2.ReadBlobResponse]:
+        digest = Digest.parse(request.digest)
+        length = request.length if request.length != 0 else None
+        chunks = self._store.read(digest, request.offset, length)
+        try:
+            async for chunk in chunks:
+                yield blob_pb2.ReadBlobResponse(data=chunk)
+        finally:
+            await chunks.aclose()
+
+    async def DeleteBlob(
+        self, request: blob_pb2.DeleteBlobRequest, context: Context
+    ) -> blob_pb2.DeleteBlobResponse:
+        deleted = await self._store.delete(Digest.parse(request.digest))
+        return blob_pb2.DeleteBlobResponse(deleted=deleted)
+
+
+async def _data(messages: AsyncIterator[blob_pb2.WriteUploadRequest]) -> AsyncIterator[bytes]:
+    """The payloads of the data messages after the header; a second header is an error."""
+    async for message in messages:
+        if message.WhichOneof("part") != "data":
+            raise RegistryError(
+                Reason.BLOB_UPLOAD_INVALID, "only the first WriteUpload message may be a header"
+            )
+        yield message.data

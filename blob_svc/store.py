@@ -1,0 +1,465 @@
+"""The content-addressed blob store: upload sessions and canonical blobs on a
+`pyarrow.fs.FileSystem`.
+
+Every operation is a coroutine; the blocking pyarrow calls run in worker threads, in
+blocks of several MiB so that a thread hop is paid per block, not per message. Bytes are
+hashed once as they stream and are never held whole in memory.
+
+Where storage kinds differ (see `_local`):
+- local disk (and DFS mounts): sessions grow by appending to `uploads/<id>/data`; a commit
+  fsyncs the bytes and hard-links them to the canonical path, which publishes a complete
+  file atomically and never replaces an existing blob.
+- object storage (S3, GCS; a later issue): pyarrow cannot append to objects, so a session
+  will have to be a series of part objects joined at commit (multipart upload). Publishing
+  uses `FileSystem.move`, a server-side copy whose object becomes visible only whole;
+  there is no "create if absent", so two racing commits of one digest may both copy the
+  same verified bytes, which is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import os
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime
+from typing import NamedTuple
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from artifactstore.digests import Digest
+from artifactstore.errors import Reason, RegistryError
+from artifactstore.rpc import STREAM_CHUNK_BYTES
+from blob_svc import paths
+from blob_svc.uploads import STREAM_ALGORITHM, HashState, HashStates, SessionLocks
+
+# Bytes handed to one worker-thread call when writing; one block is written while the next
+# is received, so memory per upload stays below two blocks.
+WRITE_BLOCK_BYTES = 4 * 1024 * 1024
+# Chunks of STREAM_CHUNK_BYTES read per worker-thread call; one batch is read ahead.
+READ_BATCH_CHUNKS = 4
+# Block size for hashing stored bytes again (after a restart, or for another algorithm).
+REHASH_BLOCK_BYTES = 8 * 1024 * 1024
+
+
+class BlobInfo(NamedTuple):
+    """A canonical blob: its digest and size in bytes."""
+
+    digest: Digest
+    size: int
+
+
+class BlobStore:
+    """Upload sessions and canonical blobs under one storage root.
+
+    One instance serves one event loop. Operations on one upload session are serialised
+    within this process; a canonical blob needs no lock (it is immutable once visible).
+    """
+
+    def __init__(self, filesystem: pafs.FileSystem, root: str) -> None:
+        """Use `root` (a pyarrow.fs path, which must exist) on `filesystem`."""
+        self._fs = filesystem
+        self._root = root.rstrip("/")
+        self._local = isinstance(filesystem, pafs.LocalFileSystem)
+        self._hashes = HashStates()
+        self._locks = SessionLocks()
+
+    @classmethod
+    def from_url(cls, storage_url: str) -> BlobStore:
+        """Open the store at `storage_url` (`file:///dir`; object storage later), creating
+        the root directory if needed. Blocks: call it at start-up."""
+        filesystem, root = pafs.FileSystem.from_uri(storage_url)
+        filesystem.create_dir(root, recursive=True)
+        return cls(filesystem, root)
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem the store lives on."""
+        return self._fs
+
+    @property
+    def root(self) -> str:
+        """The storage root, a path on `filesystem`."""
+        return self._root
+
+    # ----------------------------------------------------------------- upload sessions
+
+    async def start_upload(self, upload_id: str) -> int:
+        """Create an empty upload session `upload_id` and return its size.
+
+        Idempotent: an existing session is left as it is and its current size returned.
+        Raises BLOB_UPLOAD_INVALID for an id that is not 1-64 characters of [A-Za-z0-9-].
+        """
+        paths.check_upload_id(upload_id)
+        async with self._locks.hold(upload_id):
+            return await asyncio.to_thread(self._start_upload, upload_id)
+
+    def _start_upload(self, upload_id: str) -> int:
+        data = paths.upload_data(self._root, upload_id)
+        info = self._fs.get_file_info(data)
+        if info.type == pafs.FileType.File:
+            return int(info.size)
+        self._fs.create_dir(paths.upload_dir(self._root, upload_id), recursive=True)
+        with self._fs.open_output_stream(
+            paths.upload_started_at(self._root, upload_id), compression=None
+        ) as f:
+            f.write(datetime.now(UTC).isoformat(timespec="seconds").encode())
+        # The data file is what makes the session exist, so it is created last.
+        if self._local:
+            # Append mode creates the file without truncating one a racing start made.
+            self._fs.open_append_stream(data, compression=None).close()
+        else:
+            self._fs.open_output_stream(data, compression=None).close()
+        return 0
+
+    async def write_upload(
+        self, upload_id: str, offset: int | None, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """Append every chunk of `chunks` to session `upload_id`; return its new size.
+
+        When `offset` is not None it must equal the session's size before the append, else
+        RANGE_INVALID is raised and nothing is appended (`chunks` is not consumed). Bytes
+        are hashed as they are written. If `chunks` raises or the caller is cancelled
+        part-way, every chunk received before stays appended and the error propagates; the
+        session remains consistent (its size tells the client where to resume).
+        Raises BLOB_UPLOAD_INVALID for a malformed id, BLOB_UPLOAD_UNKNOWN if there is no
+        such session.
+        """
+        paths.check_upload_id(upload_id)
+        async with self._locks.hold(upload_id):
+            size = await asyncio.to_thread(self._session_size, upload_id)
+            if offset is not None and offset != size:
+                raise RegistryError(
+                    Reason.RANGE_INVALID,
+                    f"upload {upload_id} is at offset {size}, not {offset}",
+                    size=str(size),
+                )
+            state = await asyncio.to_thread(
+                self._catch_up, upload_id, self._hashes.take(upload_id), size
+            )
+            try:
+                stream = await asyncio.to_thread(
+                    self._fs.open_append_stream,
+                    paths.upload_data(self._root, upload_id),
+                    compression=None,
+                )
+            except FileNotFoundError:
+                raise _upload_unknown(upload_id) from None
+            try:
+                await _pipe(chunks, lambda block: _append(stream, state, block))
+            finally:
+                # The state is valid even after a failed write: it covers a prefix of
+                # what is stored (see HashState), so keep it.
+                self._hashes.put(upload_id, state)
+                await asyncio.to_thread(stream.close)
+            return state.size
+
+    async def upload_size(self, upload_id: str) -> int:
+        """The number of bytes session `upload_id` holds.
+
+        Raises BLOB_UPLOAD_INVALID for a malformed id, BLOB_UPLOAD_UNKNOWN if there is no
+        such session.
+        """
+        paths.check_upload_id(upload_id)
+        return await asyncio.to_thread(self._session_size, upload_id)
+
+    async def commit_upload(self, upload_id: str, digest: Digest) -> BlobInfo:
+        """Verify session `upload_id` against `digest`, make it the canonical blob of
+        `digest` and end the session.
+
+        A digest mismatch raises DIGEST_INVALID and keeps the session untouched, so the
+        client may retry. If the canonical blob already exists it is kept as it is and the
+        session's bytes are dropped. A canonical blob is visible only complete and
+        verified: a crash at any point leaves either no blob or the whole blob (and
+        possibly the session, which a retried commit or GC then removes). Concurrent
+        commits of one digest from several sessions all succeed, with one stored copy.
+        Raises BLOB_UPLOAD_INVALID for a malformed id, BLOB_UPLOAD_UNKNOWN if there is no
+        such session.
+        """
+        paths.check_upload_id(upload_id)
+        async with self._locks.hold(upload_id):
+            size = await asyncio.to_thread(self._session_size, upload_id)
+            if digest.algorithm == STREAM_ALGORITHM:
+                state = await asyncio.to_thread(
+                    self._catch_up, upload_id, self._hashes.take(upload_id), size
+                )
+                self._hashes.put(upload_id, state)
+                actual = state.hexdigest()
+            else:
+                actual = await asyncio.to_thread(self._hash_stored, upload_id, digest, size)
+            if actual != digest.hex:
+                raise RegistryError(
+                    Reason.DIGEST_INVALID,
+                    f"upload {upload_id} has digest {digest.algorithm}:{actual}, not {digest}",
+                    digest=str(digest),
+                )
+            await asyncio.to_thread(self._publish, upload_id, digest)
+            self._hashes.drop(upload_id)
+            return BlobInfo(digest, size)
+
+    async def cancel_upload(self, upload_id: str) -> bool:
+        """Remove session `upload_id` and its bytes; return False if it did not exist.
+
+        Idempotent. Waits for a write or commit of this session in progress in this process.
+        Raises BLOB_UPLOAD_INVALID for a malformed id.
+        """
+        paths.check_upload_id(upload_id)
+        async with self._locks.hold(upload_id):
+            self._hashes.drop(upload_id)
+            return await asyncio.to_thread(self._remove_session, upload_id)
+
+    # ---------------------------------------------------------------- canonical blobs
+
+    async def stat(self, digest: Digest) -> int:
+        """The size of the canonical blob `digest`; BLOB_UNKNOWN if there is none."""
+        info = await asyncio.to_thread(self._fs.get_file_info, paths.blob_data(self._root, digest))
+        if info.type != pafs.FileType.File:
+            raise _blob_unknown(digest)
+        return int(info.size)
+
+    async def read(
+        self, digest: Digest, offset: int = 0, length: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """Yield the bytes [offset, offset+length) of blob `digest` (to its end when
+        `length` is None) in chunks of at most STREAM_CHUNK_BYTES.
+
+        Errors surface before the first chunk: BLOB_UNKNOWN if there is no such blob,
+        RANGE_INVALID if offset or length is negative or the range ends beyond the blob
+        (an empty range at the blob's end, such as offset 0 of an empty blob, is valid).
+        """
+        if offset < 0 or (length is not None and length < 0):
+            raise RegistryError(Reason.RANGE_INVALID, f"negative range {offset}+{length}")
+        try:
+            source = await asyncio.to_thread(
+                self._fs.open_input_file, paths.blob_data(self._root, digest)
+            )
+        except FileNotFoundError:
+            raise _blob_unknown(digest) from None
+        pending: asyncio.Task[list[bytes]] | None = None
+        try:
+            size = source.size()
+            end = size if length is None else offset + length
+            if offset > size or end > size:
+                raise RegistryError(
+                    Reason.RANGE_INVALID,
+                    f"range {offset}-{end} is outside blob {digest} of {size} bytes",
+                    size=str(size),
+                )
+            position = offset
+            while position < end or pending is not None:
+                if pending is None:
+                    batch = await asyncio.to_thread(_read_batch, source, position, end)
+                else:
+                    batch = await pending
+                    pending = None
+                position += sum(len(chunk) for chunk in batch)
+                if position < end:
+                    # Read the next batch while this one is being sent.
+                    pending = asyncio.create_task(
+                        asyncio.to_thread(_read_batch, source, position, end)
+                    )
+                for chunk in batch:
+                    yield chunk
+        finally:
+            if pending is not None:
+                await asyncio.wait([pending])
+            await asyncio.to_thread(source.close)
+
+    async def delete(self, digest: Digest) -> bool:
+        """Delete the canonical blob `digest`; return False if it did not exist.
+
+        Idempotent. Callers (gc_svc) must have removed every link to it first; a commit of
+        the same digest racing with the delete may find its blob gone afterwards.
+        """
+        return await asyncio.to_thread(self._delete, digest)
+
+    # ------------------------------------------------------------------ worker threads
+
+    def _session_size(self, upload_id: str) -> int:
+        info = self._fs.get_file_info(paths.upload_data(self._root, upload_id))
+        if info.type != pafs.FileType.File:
+            raise _upload_unknown(upload_id)
+        return int(info.size)
+
+    def _catch_up(self, upload_id: str, state: HashState | None, size: int) -> HashState:
+        """A hash state covering the first `size` stored bytes of the session, reusing
+        `state` when it covers a prefix of them (hashing only the bytes it lacks)."""
+        if state is None or state.size > size:
+            state = HashState()
+        if state.size < size:
+            self._hash_range(upload_id, state.size, size, state.update)
+        return state
+
+    def _hash_stored(self, upload_id: str, digest: Digest, size: int) -> str:
+        hasher = digest.hasher()
+        self._hash_range(upload_id, 0, size, hasher.update)
+        return hasher.hexdigest()
+
+    def _hash_range(
+        self, upload_id: str, start: int, end: int, consume: Callable[[bytes], None]
+    ) -> None:
+        try:
+            source = self._fs.open_input_file(paths.upload_data(self._root, upload_id))
+        except FileNotFoundError:
+            raise _upload_unknown(upload_id) from None
+        with source:
+            position = start
+            while position < end:
+                block = source.read_at(min(REHASH_BLOCK_BYTES, end - position), position)
+                if not block:
+                    raise RegistryError(
+                        Reason.BLOB_UPLOAD_INVALID, f"upload {upload_id} shrank while hashed"
+                    )
+                consume(block)
+                position += len(block)
+
+    def _publish(self, upload_id: str, digest: Digest) -> None:
+        """Make the verified bytes of the session the canonical blob, then end the session."""
+        if self._local:
+            self._publish_local(upload_id, digest)
+        else:
+            target = paths.blob_data(self._root, digest)
+            if self._fs.get_file_info(target).type == pafs.FileType.NotFound:
+                self._fs.create_dir(paths.blob_dir(self._root, digest), recursive=True)
+                self._fs.move(paths.upload_data(self._root, upload_id), target)
+        self._remove_session(upload_id)
+
+    def _publish_local(self, upload_id: str, digest: Digest) -> None:
+        source = paths.upload_data(self._root, upload_id)
+        target = paths.blob_data(self._root, digest)
+        try:
+            _fsync(source)
+        except FileNotFoundError:
+            raise _upload_unknown(upload_id) from None
+        for _ in range(3):
+            _make_dirs_durably(
+                [
+                    paths.blobs_root(self._root),
+                    paths.blob_algorithm_dir(self._root, digest.algorithm),
+                    paths.blob_prefix_dir(self._root, digest),
+                    paths.blob_dir(self._root, digest),
+                ]
+            )
+            try:
+                # A link never replaces an existing blob and shows the file only whole.
+                os.link(source, target)
+            except FileExistsError:
+                return
+            except FileNotFoundError:
+                if not os.path.exists(source):
+                    raise _upload_unknown(upload_id) from None
+                continue  # a concurrent delete removed the blob's directory: make it again
+            except OSError as err:
+                if err.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.EMLINK):
+                    raise
+                # No hard links here (some DFS mounts): rename, which replaces a racing
+                # commit's blob at worst, and that blob has the same verified bytes.
+                if os.path.exists(target):
+                    return
+                os.rename(source, target)
+            _fsync(paths.blob_dir(self._root, digest))
+            return
+        raise OSError(errno.ENOENT, f"blob directory of {digest} keeps disappearing")
+
+    def _remove_session(self, upload_id: str) -> bool:
+        try:
+            self._fs.delete_dir(paths.upload_dir(self._root, upload_id))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def _delete(self, digest: Digest) -> bool:
+        target = paths.blob_data(self._root, digest)
+        if self._fs.get_file_info(target).type == pafs.FileType.NotFound:
+            return False
+        try:
+            self._fs.delete_file(target)
+        except FileNotFoundError:
+            return False
+        if self._local:
+            # rmdir, not delete_dir: a racing commit may have linked a new copy in there.
+            with contextlib.suppress(OSError):
+                os.rmdir(paths.blob_dir(self._root, digest))
+        return True
+
+
+async def _pipe(chunks: AsyncIterator[bytes], write: Callable[[Sequence[bytes]], None]) -> None:
+    """Feed `chunks` to `write` (run in a worker thread) in blocks of about
+    WRITE_BLOCK_BYTES, receiving the next block while the previous one is written.
+
+    If `chunks` fails or the caller is cancelled, every chunk received so far is still
+    written before the error propagates; if a write fails, nothing after it is. Returns or
+    raises only once no write is running any more.
+    """
+    pending: asyncio.Task[None] | None = None
+    block: list[bytes] = []
+    block_bytes = 0
+    try:
+        async for chunk in chunks:
+            if not chunk:
+                continue
+            block.append(chunk)
+            block_bytes += len(chunk)
+            if block_bytes >= WRITE_BLOCK_BYTES:
+                if pending is not None:
+                    await asyncio.shield(pending)
+                pending = asyncio.create_task(asyncio.to_thread(write, block))
+                block, block_bytes = [], 0
+    finally:
+        if pending is not None:
+            # The thread cannot be interrupted, and the stream must outlive its write.
+            await asyncio.wait([pending])
+            pending.result()
+        if block:
+            await asyncio.to_thread(write, block)
+
+
+def _append(stream: pa.NativeFile, state: HashState, block: Sequence[bytes]) -> None:
+    for chunk in block:
+        stream.write(chunk)
+        state.update(chunk)
+
+
+def _read_batch(source: pa.NativeFile, position: int, end: int) -> list[bytes]:
+    batch: list[bytes] = []
+    for _ in range(READ_BATCH_CHUNKS):
+        if position >= end:
+            break
+        chunk = source.read_at(min(STREAM_CHUNK_BYTES, end - position), position)
+        if not chunk:
+            raise RegistryError(Reason.BLOB_UNKNOWN, "blob shrank while read")
+        batch.append(chunk)
+        position += len(chunk)
+    return batch
+
+
+def _fsync(path: str) -> None:
+    """Flush a local file's or directory's data and metadata to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _make_dirs_durably(chain: Sequence[str]) -> None:
+    """Create each local directory of `chain` (each the parent of the next) that is
+    missing, fsyncing the parent of every one created so its entry survives a crash."""
+    for directory in chain:
+        try:
+            os.mkdir(directory)
+        except FileExistsError:
+            continue
+        _fsync(os.path.dirname(directory))
+
+
+def _upload_unknown(upload_id: str) -> RegistryError:
+    return RegistryError(
+        Reason.BLOB_UPLOAD_UNKNOWN, f"upload {upload_id} is unknown", upload_id=upload_id
+    )
+
+
+def _blob_unknown(digest: Digest) -> RegistryError:
+    return RegistryError(Reason.BLOB_UNKNOWN, f"blob {digest} is unknown", digest=str(digest))
