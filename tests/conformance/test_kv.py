@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import fdb.tuple
+import fdb
 import pytest
 
 from metadata_svc.kv import (
@@ -41,6 +41,7 @@ from metadata_svc.kv import (
     open_database,
 )
 from metadata_svc.kv.embedded import EmbeddedDatabase
+from metadata_svc.kv.fdb import FdbDatabase
 
 FDB_CLUSTER_FILE = os.environ.get("ARTS_TEST_FDB_CLUSTER_FILE", "")
 BACKENDS = ["embedded", "fdb"] if FDB_CLUSTER_FILE else ["embedded"]
@@ -63,7 +64,6 @@ class Store:
     """One backend under test, with the current Database handle on it."""
 
     def __init__(self, kind: str, path: Path) -> None:
-        self.kind = kind
         self.path = path
         self.cluster_file = FDB_CLUSTER_FILE if kind == "fdb" else None
         self.clock = FakeClock()
@@ -114,8 +114,8 @@ def space(store: Store, directory_name: str) -> Iterator[Any]:
     """The test's directory; the test must leave it (and the store) empty."""
     yield store.db.directory(directory_name)
     db = store.db  # The test may have reopened the store.
-    if store.cluster_file:
-        raw = db.fdb_database  # type: ignore[attr-defined]
+    if isinstance(db, FdbDatabase):
+        raw = db.fdb_database
         names = [n for n in fdb.directory.list(raw) if n.startswith(directory_name)]
         subspaces = [db.directory(n) for n in names]
         leftovers = [kv for s in subspaces for kv in read_all(db, s)]
