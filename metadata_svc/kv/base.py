@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import fdb.subspace_impl
+from opentelemetry import trace
 
 T = TypeVar("T")
 
@@ -328,6 +329,9 @@ class Transaction(abc.ABC):
     def _on_error(self, err: KVError) -> None: ...
 
 
+_tracer = trace.get_tracer(__name__)
+
+
 class Database(abc.ABC):
     """A handle on the key-value store; thread-safe.
 
@@ -337,6 +341,8 @@ class Database(abc.ABC):
 
     retry_limit: int = 100
     retry_seconds: float = MAX_TRANSACTION_SECONDS
+    # The `db.system.name` of the backend, for traces.
+    system: str = "kv"
 
     def __init__(self, *, threads: int = 16) -> None:
         # Runs `run()`'s blocking transactions off the asyncio event loop.
@@ -363,19 +369,35 @@ class Database(abc.ABC):
         tr = self.create_transaction()
         deadline = time.monotonic() + self.retry_seconds
         retries = 0
-        try:
-            while True:
-                try:
-                    result = fn(tr)
-                    tr.commit()
-                    return result
-                except KVError as err:
-                    if retries >= self.retry_limit or time.monotonic() >= deadline:
-                        raise
-                    tr.on_error(err)  # re-raises `err` if it is not retryable
-                    retries += 1
-        finally:
-            tr.cancel()
+        with _tracer.start_as_current_span(
+            "kv.transaction",
+            kind=trace.SpanKind.CLIENT,
+            attributes={"db.system.name": self.system},
+        ) as span:
+            try:
+                while True:
+                    try:
+                        result = fn(tr)
+                        tr.commit()
+                        return result
+                    except KVError as err:
+                        span.add_event("retry", {"error.code": err.code})
+                        if isinstance(err, NotCommitted):
+                            span.set_attribute("db.kv.conflict", True)
+                        if retries >= self.retry_limit or time.monotonic() >= deadline:
+                            raise
+                        tr.on_error(err)  # re-raises `err` if it is not retryable
+                        retries += 1
+            finally:
+                span.set_attributes(
+                    {
+                        "db.kv.retries": retries,
+                        "db.kv.keys_read": tr.stats.keys_read,
+                        "db.kv.keys_written": tr.stats.keys_written,
+                        "db.kv.bytes_written": tr.stats.bytes_written,
+                    }
+                )
+                tr.cancel()
 
     async def run(self, fn: Callable[[Transaction], T]) -> T:
         """`transact(fn)` on the database's thread pool, for asyncio callers.

@@ -374,6 +374,8 @@ class EmbeddedDatabase(Database):
     tests inject one to age transactions without sleeping.
     """
 
+    system = "sqlite"
+
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
         self._clock = clock

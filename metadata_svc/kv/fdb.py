@@ -153,6 +153,8 @@ class FdbDatabase(Database):
     until the process exits), so close() only stops the thread pool.
     """
 
+    system = "foundationdb"
+
     def __init__(self, cluster_file: str) -> None:
         super().__init__()
         _select_api_version()
