@@ -1,0 +1,581 @@
+"""The mesh under test and the real clients that drive it.
+
+One `artifact-store serve` runs for the whole session (`registry`): its own data
+directory, a free loopback port, configuration through the environment only. Tests use
+repository names of their own (`unique_repo`) so they never see each other's content.
+`start_registry` starts further, separate instances (the crash test kills services of
+its own instance, not the shared one).
+
+skopeo and podman run with every machine-wide configuration replaced by files in a
+temporary directory (auth file, registries.conf, signature policy, podman storage), so
+nothing on this machine leaks into the tests. A missing binary fails the test: these
+tests are the proof that real clients work, so they never skip.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import pytest
+
+from tests.e2e.images import Blob, Image, ImageIndex
+
+SERVICES = ("gateway", "metadata", "blob", "scan", "gc")
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+CLIENT_TIMEOUT = 60.0
+
+
+# The error codes the OCI Distribution Specification v1.1 allows ("The `code` field MUST
+# be one of the following"), and the two legacy Docker codes it says clients MAY meet.
+SPEC_ERROR_CODES = frozenset(
+    {
+        "BLOB_UNKNOWN",
+        "BLOB_UPLOAD_INVALID",
+        "BLOB_UPLOAD_UNKNOWN",
+        "DIGEST_INVALID",
+        "MANIFEST_BLOB_UNKNOWN",
+        "MANIFEST_INVALID",
+        "MANIFEST_UNKNOWN",
+        "NAME_INVALID",
+        "NAME_UNKNOWN",
+        "SIZE_INVALID",
+        "UNAUTHORIZED",
+        "DENIED",
+        "UNSUPPORTED",
+        "TOOMANYREQUESTS",
+    }
+)
+LEGACY_ERROR_CODES = frozenset({"TAG_INVALID", "MANIFEST_UNVERIFIED"})
+
+
+def check_oci_error(
+    status: int,
+    body: bytes,
+    expected_status: int,
+    code: str | frozenset[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Assert an error response: its status, the spec's JSON body shape, its code(s).
+
+    The body must be `{"errors": [{"code": …, "message": …, "detail": …}, …]}` with at
+    least one error, every code one the specification allows. With `code`, every error
+    must carry that code (or one of a set of codes). Returns the errors.
+    """
+    shown = body[:600].decode(errors="replace")
+    assert status == expected_status, f"expected HTTP {expected_status}, got {status}: {shown}"
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        raise AssertionError(f"HTTP {status} error body is not JSON: {shown!r}") from None
+    assert isinstance(doc, dict), f"error body is not an object: {shown}"
+    errors = doc.get("errors")
+    assert isinstance(errors, list) and errors, f"error body has no `errors` list: {shown}"
+    for err in errors:
+        assert isinstance(err, dict), f"error entry is not an object: {err!r}"
+        assert isinstance(err.get("code"), str), f"error entry without a code: {err!r}"
+        assert re.fullmatch(r"[A-Z_]+", err["code"]), f"malformed code {err['code']!r}"
+        assert err["code"] in SPEC_ERROR_CODES | LEGACY_ERROR_CODES, (
+            f"code {err['code']!r} is not one the OCI Distribution Spec allows: {shown}"
+        )
+        if "message" in err:
+            assert isinstance(err["message"], str), f"message is not a string: {err!r}"
+    if code is not None:
+        wanted = {code} if isinstance(code, str) else set(code)
+        got = [e["code"] for e in errors]
+        assert set(got) <= wanted, f"expected error code {sorted(wanted)}, got {got}: {shown}"
+    return errors
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def artifact_store_executable() -> str:
+    """The `artifact-store` console script of this virtualenv (or of PATH)."""
+    beside = Path(sys.executable).parent / "artifact-store"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("artifact-store")
+    if found is None:
+        pytest.fail(
+            "the `artifact-store` command is not installed: run `pip install -e '.[dev]'` "
+            "in the virtualenv",
+            pytrace=False,
+        )
+    return found
+
+
+@dataclass
+class Response:
+    """One HTTP exchange's outcome, read whole."""
+
+    status: int
+    headers: http.client.HTTPMessage
+    body: bytes
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+    def header(self, name: str) -> str | None:
+        """A response header (case-insensitive), or None."""
+        return self.headers.get(name)
+
+    def expect_error(
+        self, status: int, code: str | frozenset[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Assert this is an OCI error response (see `check_oci_error`)."""
+        return check_oci_error(self.status, self.body, status, code)
+
+
+@dataclass
+class Registry:
+    """A running `artifact-store serve` and a small synchronous HTTP client for it."""
+
+    data_dir: Path
+    port: int
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def host(self) -> str:
+        """`127.0.0.1:<port>`: the registry host as clients name it."""
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The base URL, `http://127.0.0.1:<port>`."""
+        return f"http://{self.host}"
+
+    @property
+    def storage_dir(self) -> Path:
+        """The blob storage root (`blobs/`, `uploads/`)."""
+        return self.data_dir / "storage"
+
+    def blob_file(self, digest: str) -> Path:
+        """Where the canonical copy of blob `digest` lives in the storage tree."""
+        algorithm, _, hex_ = digest.partition(":")
+        return self.storage_dir / "blobs" / algorithm / hex_[:2] / hex_ / "data"
+
+    def files_holding(self, data: bytes) -> list[Path]:
+        """Every file under the storage root whose content is exactly `data`."""
+        size = len(data)
+        found = []
+        for path in self.storage_dir.rglob("*"):
+            if path.is_file() and path.stat().st_size == size and path.read_bytes() == data:
+                found.append(path)
+        return found
+
+    def corrupt_canonical_blobs(self) -> list[str]:
+        """Canonical blob files whose bytes do not hash to the digest their path names."""
+        bad: list[str] = []
+        root = self.storage_dir / "blobs"
+        if not root.exists():
+            return bad
+        for data in root.glob("*/*/*/data"):
+            algorithm = data.parent.parent.parent.name
+            h = hashlib.new(algorithm)
+            with open(data, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            if h.hexdigest() != data.parent.name:
+                bad.append(f"{data}: content hashes to {algorithm}:{h.hexdigest()}")
+        return bad
+
+    def pid_file(self, service: str) -> Path:
+        """Where the supervisor records the PID of `service` (gateway, metadata, …)."""
+        assert service in SERVICES, service
+        return self.data_dir / "run" / f"{service}.pid"
+
+    def pid(self, service: str) -> int:
+        """The PID of the running `service` child, from its PID file."""
+        return int(self.pid_file(service).read_text().strip())
+
+    def log_tail(self, lines: int = 60) -> str:
+        """The end of the instance's combined output, for failure messages."""
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+    # --- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start `artifact-store serve` and wait until GET /v2/ answers 200."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "ARTS_DATA_DIR": str(self.data_dir),
+            "ARTIFACT_STORE_ADDRESS": self.host,
+            "PYTHONUNBUFFERED": "1",
+        }
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [artifact_store_executable(), "serve"],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.wait_ready(READY_TIMEOUT)
+
+    def wait_ready(self, timeout: float) -> None:
+        """Poll GET /v2/ until it answers 200; fail with the log if it never does."""
+        deadline = time.monotonic() + timeout
+        last: str = "no answer"
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                pytest.fail(
+                    f"artifact-store serve exited with {self.process.returncode} "
+                    f"before it was ready:\n{self.log_tail()}",
+                    pytrace=False,
+                )
+            try:
+                r = self.request("GET", "/v2/", timeout=2)
+                if r.status == 200:
+                    return
+                last = f"HTTP {r.status}: {r.body[:200]!r}"
+            except OSError as e:
+                last = repr(e)
+            time.sleep(0.1)
+        pytest.fail(
+            f"GET {self.url}/v2/ did not answer 200 within {timeout:.0f} s (last: {last})\n"
+            f"{self.log_tail()}",
+            pytrace=False,
+        )
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        """SIGTERM the supervisor and wait; fail if the mesh is not down in `timeout`.
+
+        On failure every process this instance started (supervisor and the children in
+        its PID files) is killed by PID before the test is failed, so nothing lingers.
+        """
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        children = self._child_pids()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            for pid in children.values():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            pytest.fail(
+                f"artifact-store serve did not stop within {timeout:.0f} s of SIGTERM\n"
+                f"{self.log_tail()}",
+                pytrace=False,
+            )
+        leftovers = {s: p for s, p in children.items() if _alive(p)}
+        for pid in leftovers.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert not leftovers, f"children still running after the supervisor stopped: {leftovers}"
+        assert proc.returncode == 0, (
+            f"artifact-store serve exited with {proc.returncode} on SIGTERM\n{self.log_tail()}"
+        )
+
+    def _child_pids(self) -> dict[str, int]:
+        pids = {}
+        for service in SERVICES:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                pids[service] = self.pid(service)
+        return pids
+
+    # --- HTTP ----------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 30.0,
+    ) -> Response:
+        """One HTTP request to the registry (`path` may also be an absolute URL of it)."""
+        target = urlsplit(urljoin(self.url + "/", path))
+        assert target.netloc == self.host, f"{path} is not on {self.host}"
+        conn = http.client.HTTPConnection(self.host, timeout=timeout)
+        try:
+            request_path = target.path + (f"?{target.query}" if target.query else "")
+            conn.request(method, request_path, body=body, headers=dict(headers or {}))
+            resp = conn.getresponse()
+            return Response(resp.status, resp.headers, resp.read())
+        finally:
+            conn.close()
+
+    def push_blob(self, repo: str, data: bytes, digest: str | None = None) -> str:
+        """Upload `data` to `repo` with POST then PUT; return its digest."""
+        digest = digest or Blob("application/octet-stream", data).digest
+        r = self.request("POST", f"/v2/{repo}/blobs/uploads/")
+        assert r.status == 202, f"POST upload: {r.status} {r.body!r}"
+        location = r.header("Location")
+        assert location, "POST upload answered no Location"
+        sep = "&" if "?" in location else "?"
+        r = self.request(
+            "PUT",
+            f"{location}{sep}digest={digest}",
+            body=data,
+            headers={"Content-Type": "application/octet-stream"},
+        )
+        assert r.status == 201, f"PUT upload of {digest}: {r.status} {r.body!r}"
+        return digest
+
+    def put_manifest(self, repo: str, reference: str, manifest: Blob) -> Response:
+        """PUT a manifest under `reference` (tag or digest); assert 201."""
+        r = self.request(
+            "PUT",
+            f"/v2/{repo}/manifests/{reference}",
+            body=manifest.data,
+            headers={"Content-Type": manifest.media_type},
+        )
+        assert r.status == 201, f"PUT manifest {repo}:{reference}: {r.status} {r.body!r}"
+        assert r.header("Docker-Content-Digest") == manifest.digest
+        return r
+
+    def push_image(self, repo: str, content: Image | ImageIndex, tag: str) -> str:
+        """Push every blob and manifest of `content` over raw HTTP; return its digest."""
+        images = content.images if isinstance(content, ImageIndex) else (content,)
+        for img in images:
+            for blob in img.blobs:
+                self.push_blob(repo, blob.data, blob.digest)
+            if isinstance(content, ImageIndex):
+                self.put_manifest(repo, img.digest, img.manifest)
+        self.put_manifest(repo, tag, content.manifest)
+        return content.digest
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie child of someone else still "exists"; treat it as gone.
+    with contextlib.suppress(OSError):
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
+    """The one `artifact-store serve` of the session, ready to answer."""
+    base = tmp_path_factory.mktemp("registry")
+    reg = Registry(data_dir=base / "data", port=free_port(), log_path=base / "serve.log")
+    try:
+        reg.start()
+        yield reg
+    finally:
+        reg.stop()
+
+
+@pytest.fixture
+def start_registry(tmp_path: Path) -> Iterator[Callable[[], Registry]]:
+    """Start a separate `artifact-store serve` (own data dir and port); stopped after."""
+    started: list[Registry] = []
+
+    def start() -> Registry:
+        base = tmp_path / f"registry{len(started)}"
+        reg = Registry(data_dir=base / "data", port=free_port(), log_path=base / "serve.log")
+        base.mkdir(parents=True)
+        started.append(reg)
+        reg.start()
+        return reg
+
+    try:
+        yield start
+    finally:
+        for reg in started:
+            reg.stop()
+
+
+@pytest.fixture
+def unique_repo(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Make repository names no other test uses: `unique_repo("x")` → `e2e/<test>-x-<id>`."""
+
+    def make(suffix: str = "repo") -> str:
+        test = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())
+        test = "-".join(filter(None, test.split("-")))[:40]
+        return f"e2e/{test}-{suffix}-{uuid.uuid4().hex[:8]}"
+
+    return make
+
+
+@pytest.fixture
+def oci_error() -> Callable[..., list[dict[str, Any]]]:
+    """`check_oci_error`, for tests that make their own HTTP requests."""
+    return check_oci_error
+
+
+# --- real clients --------------------------------------------------------------------
+
+
+def _require_binary(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        pytest.fail(
+            f"`{name}` is not installed on this machine; the end-to-end tests need it "
+            f"(apt-get install -y --no-install-recommends {name}; `make test` does this)",
+            pytrace=False,
+        )
+    return found
+
+
+@dataclass
+class ClientConfig:
+    """Configuration files that replace the machine's for skopeo and podman."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.auth_file.write_text('{"auths": {}}\n')
+        self.registries_conf.write_text("unqualified-search-registries = []\n")
+        self.policy.write_text('{"default": [{"type": "insecureAcceptAnything"}]}\n')
+
+    @property
+    def auth_file(self) -> Path:
+        """An empty auth file: no credentials from this machine."""
+        return self.root / "auth.json"
+
+    @property
+    def registries_conf(self) -> Path:
+        """A registries.conf with no search registries, mirrors or blocks."""
+        return self.root / "registries.conf"
+
+    @property
+    def policy(self) -> Path:
+        """A signature policy that accepts anything (the registry stores no signatures)."""
+        return self.root / "policy.json"
+
+    def env(self) -> dict[str, str]:
+        """The process environment the clients run with."""
+        return {
+            **os.environ,
+            "REGISTRY_AUTH_FILE": str(self.auth_file),
+            "CONTAINERS_REGISTRIES_CONF": str(self.registries_conf),
+            "TMPDIR": str(self.root),
+        }
+
+
+@dataclass
+class Tool:
+    """A command-line client run with a fixed prefix of arguments and environment."""
+
+    prefix: list[str]
+    env: dict[str, str]
+
+    def run(self, *args: str, check: bool = True, timeout: float = CLIENT_TIMEOUT) -> str:
+        """Run the tool; return stdout. With `check`, fail the test on a non-zero exit."""
+        cmd = [*self.prefix, *args]
+        proc = subprocess.run(
+            cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(
+                f"{' '.join(cmd)}\nexited with {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}",
+                pytrace=False,
+            )
+        return proc.stdout
+
+    def result(
+        self, *args: str, timeout: float = CLIENT_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
+        """Run the tool and return the completed process, whatever its exit code."""
+        return subprocess.run(
+            [*self.prefix, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+@pytest.fixture
+def client_config(tmp_path: Path) -> ClientConfig:
+    """Per-test client configuration files in the test's temporary directory."""
+    return ClientConfig(tmp_path / "client-config")
+
+
+@pytest.fixture
+def skopeo(client_config: ClientConfig) -> Tool:
+    """skopeo with this test's policy and registries.conf (per-command flags add the rest:
+    `--authfile`, `--src-tls-verify=false`/`--dest-tls-verify=false`)."""
+    binary = _require_binary("skopeo")
+    return Tool(
+        prefix=[
+            binary,
+            "--policy",
+            str(client_config.policy),
+            "--registries-conf",
+            str(client_config.registries_conf),
+            "--tmpdir",
+            str(client_config.root),
+        ],
+        env=client_config.env(),
+    )
+
+
+@pytest.fixture
+def podman(client_config: ClientConfig, tmp_path: Path) -> Tool:
+    """podman as root with its whole storage inside this test's temporary directory."""
+    binary = _require_binary("podman")
+    root = tmp_path / "podman"
+    storage_conf = client_config.root / "storage.conf"
+    storage_conf.write_text(
+        "[storage]\n"
+        'driver = "vfs"\n'
+        f'runroot = "{root / "runroot"}"\n'
+        f'graphroot = "{root / "root"}"\n'
+    )
+    containers_conf = client_config.root / "containers.conf"
+    containers_conf.write_text("")
+    env = {
+        **client_config.env(),
+        "CONTAINERS_STORAGE_CONF": str(storage_conf),
+        "CONTAINERS_CONF": str(containers_conf),
+    }
+    return Tool(
+        prefix=[
+            binary,
+            "--root",
+            str(root / "root"),
+            "--runroot",
+            str(root / "runroot"),
+            "--storage-driver",
+            "vfs",
+            "--cgroup-manager",
+            "cgroupfs",
+            "--events-backend",
+            "file",
+            "--tmpdir",
+            str(root / "tmp"),
+        ],
+        env=env,
+    )
