@@ -1,0 +1,93 @@
+"""The gateway's clients of metadata_svc and blob_svc: one channel per service and process,
+shared by every request, and the two streaming calls wrapped so that their failures arrive
+as `RegistryError` like those of unary calls (`artifactstore.rpc.call`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import grpc
+
+from artifactstore import rpc
+from artifactstore.blob.v1 import blob_pb2, blob_pb2_grpc
+from artifactstore.config import Settings
+from artifactstore.errors import RegistryError
+from artifactstore.metadata.v1 import metadata_pb2_grpc
+
+if TYPE_CHECKING:
+    from artifactstore.blob.v1.blob_pb2_grpc import BlobServiceAsyncStub
+    from artifactstore.metadata.v1.metadata_pb2_grpc import MetadataServiceAsyncStub
+
+
+def translate(err: grpc.aio.AioRpcError) -> Exception:
+    """The `RegistryError` a failed call carried, or the call's own error when it carried
+    none (a service that is down, for instance)."""
+    return RegistryError.from_rpc_error(err) or err
+
+
+@dataclass(frozen=True)
+class Clients:
+    """Stubs of the services behind the gateway."""
+
+    metadata: MetadataServiceAsyncStub
+    blob: BlobServiceAsyncStub
+
+    async def read_blob(self, digest: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
+        """Yield the bytes [offset, offset+length) of a canonical blob (length 0: to the
+        end) as blob_svc streams them. Close the iterator (`contextlib.aclosing`) when
+        stopping early, so that the call is cancelled rather than left streaming."""
+        call = self.blob.ReadBlob(
+            blob_pb2.ReadBlobRequest(digest=digest, offset=offset, length=length)
+        )
+        try:
+            async for message in call:
+                yield message.data
+        except grpc.aio.AioRpcError as err:
+            raise translate(err) from None
+        finally:
+            call.cancel()
+
+    async def write_upload(
+        self, upload_id: str, chunks: AsyncIterator[bytes], offset: int | None = None
+    ) -> int:
+        """Append `chunks` to an upload session and return the session's size after it.
+
+        With `offset`, blob_svc appends only if the session holds exactly that many bytes
+        (else RANGE_INVALID, nothing appended).
+        """
+        header = (
+            blob_pb2.UploadHeader(upload_id=upload_id)
+            if offset is None
+            else blob_pb2.UploadHeader(upload_id=upload_id, offset=offset)
+        )
+
+        async def messages() -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+            yield blob_pb2.WriteUploadRequest(header=header)
+            async for chunk in chunks:
+                yield blob_pb2.WriteUploadRequest(data=chunk)
+
+        status = await rpc.call(self.blob.WriteUpload(messages()))
+        return status.size
+
+
+@contextlib.asynccontextmanager
+async def connect(settings: Settings) -> AsyncIterator[Clients]:
+    """Open the channels to metadata_svc and blob_svc for the life of the context.
+
+    Channels connect lazily: a service that is not up yet only fails the calls made to
+    it (UNAVAILABLE), never the gateway's start.
+    """
+    metadata_channel = rpc.channel(settings.metadata_address)
+    blob_channel = rpc.channel(settings.blob_address)
+    try:
+        yield Clients(
+            metadata=metadata_pb2_grpc.MetadataServiceStub(metadata_channel),
+            blob=blob_pb2_grpc.BlobServiceStub(blob_channel),
+        )
+    finally:
+        await metadata_channel.close()
+        await blob_channel.close()

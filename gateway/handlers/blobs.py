@@ -1,0 +1,128 @@
+"""Blobs: `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>` (end-2, end-10).
+
+A blob is served only if the repository links it (metadata_svc), then streamed from
+blob_svc as it arrives, never held whole.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+
+import grpc
+from aiohttp import hdrs, web
+
+from artifactstore.errors import Reason, RegistryError
+from artifactstore.metadata.v1 import metadata_pb2 as md
+from artifactstore.rpc import call
+from gateway import params
+from gateway.errors import EdgeError
+from gateway.headers import CONTENT_DIGEST
+from gateway.keys import clients
+
+log = logging.getLogger(__name__)
+
+OCTET_STREAM = "application/octet-stream"
+# One range of the "bytes" unit (RFC 9110 §14.1.2); several ranges are not served.
+_BYTE_RANGE = re.compile(r"bytes\s*=\s*([0-9]*)\s*-\s*([0-9]*)", re.IGNORECASE)
+
+
+def requested_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """The inclusive byte positions (first, last) a `Range` header asks of a blob of `size`
+    bytes, or None to send the whole blob: no header, or one RFC 9110 lets a server ignore
+    (another unit, several ranges, bad syntax). RANGE_INVALID (416, with `Content-Range:
+    bytes */size`) when the blob holds no byte of the range."""
+    if not header:
+        return None
+    match = _BYTE_RANGE.fullmatch(header.strip())
+    if match is None:
+        return None
+    first_text, last_text = match.groups()
+    unsatisfiable = EdgeError(
+        Reason.RANGE_INVALID,
+        f"range {header[:100]!r} is outside the blob of {size} bytes",
+        headers={hdrs.CONTENT_RANGE: f"bytes */{size}"},
+    )
+    if not first_text:
+        if not last_text:
+            return None
+        suffix = int(last_text)
+        if suffix == 0 or size == 0:
+            raise unsatisfiable
+        return max(0, size - suffix), size - 1
+    first = int(first_text)
+    last = int(last_text) if last_text else size - 1
+    if last < first:
+        return None
+    if first >= size:
+        raise unsatisfiable
+    return first, min(last, size - 1)
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    """The blob's bytes (200), or those of one `Range` (206 with Content-Range); HEAD
+    answers from the repository's link alone, one call. BLOB_UNKNOWN unless the repository
+    links the blob."""
+    name = params.repository(request)
+    digest = params.digest(request.match_info["digest"])
+    backends = clients(request)
+    link = await call(
+        backends.metadata.StatBlobLink(md.StatBlobLinkRequest(repository=name, digest=digest))
+    )
+    size = link.size
+    headers = {
+        hdrs.CONTENT_TYPE: OCTET_STREAM,
+        CONTENT_DIGEST: digest,
+        hdrs.ETAG: f'"{digest}"',
+        hdrs.ACCEPT_RANGES: "bytes",
+    }
+    if request.method == hdrs.METH_HEAD:
+        headers[hdrs.CONTENT_LENGTH] = str(size)
+        return web.Response(headers=headers)
+    byte_range = requested_range(request.headers.get(hdrs.RANGE), size)
+    if byte_range is None:
+        status, first, length = 200, 0, size
+    else:
+        first, last = byte_range
+        status, length = 206, last - first + 1
+        headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{size}"
+    if length == 0:
+        return web.Response(status=status, headers=headers)
+
+    async with contextlib.aclosing(backends.read_blob(digest, first, length)) as chunks:
+        # Failures before the first bytes still become a proper error response.
+        first_chunk = await anext(chunks, b"")
+        response = web.StreamResponse(status=status, headers=headers)
+        response.content_length = length
+        await response.prepare(request)
+        sent = 0
+        try:
+            if first_chunk:
+                await response.write(first_chunk)
+                sent += len(first_chunk)
+            async for chunk in chunks:
+                await response.write(chunk)
+                sent += len(chunk)
+        except ConnectionError:
+            return response
+        except (RegistryError, grpc.aio.AioRpcError) as err:
+            log.warning("blob %s of %s failed after %d bytes: %s", digest, name, sent, err)
+        if sent != length:
+            # Headers are gone: the only way left to tell the client is to cut the
+            # connection short of Content-Length.
+            log.warning("blob %s of %s: sent %d of %d bytes", digest, name, sent, length)
+            if request.transport is not None:
+                request.transport.close()
+    return response
+
+
+async def delete_blob(request: web.Request) -> web.Response:
+    """Unlink the blob from the repository (202); its bytes go when GC finds no link left.
+    BLOB_UNKNOWN when the repository did not link it."""
+    name = params.repository(request)
+    digest = params.digest(request.match_info["digest"])
+    await call(
+        clients(request).metadata.UnlinkBlob(md.UnlinkBlobRequest(repository=name, digest=digest))
+    )
+    return web.Response(status=202, headers={CONTENT_DIGEST: digest})

@@ -1,0 +1,74 @@
+"""Manifests: `GET`/`HEAD`/`PUT`/`DELETE /v2/<name>/manifests/<reference>` (end-3, end-7,
+end-9). Each is one call to metadata_svc, which parses, validates and stores them."""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+from artifactstore.metadata.v1 import metadata_pb2 as md
+from artifactstore.rpc import call
+from gateway import params
+from gateway.bodies import read_manifest
+from gateway.headers import CONTENT_DIGEST, OCI_SUBJECT
+from gateway.keys import clients
+
+
+def _location(name: str, digest: str) -> str:
+    return f"/v2/{name}/manifests/{digest}"
+
+
+async def get_manifest(request: web.Request) -> web.Response:
+    """The manifest a tag or digest names, with the media type it was pushed with as
+    Content-Type; HEAD gives the same headers without the body (nor fetches it)."""
+    name = params.repository(request)
+    head = request.method == hdrs.METH_HEAD
+    manifest = await call(
+        clients(request).metadata.GetManifest(
+            md.GetManifestRequest(
+                repository=name, reference=params.reference(request), include_content=not head
+            )
+        )
+    )
+    headers = {
+        hdrs.CONTENT_TYPE: manifest.media_type,
+        CONTENT_DIGEST: manifest.digest,
+        hdrs.ETAG: f'"{manifest.digest}"',
+    }
+    if head:
+        headers[hdrs.CONTENT_LENGTH] = str(manifest.size)
+        return web.Response(headers=headers)
+    return web.Response(body=manifest.content, headers=headers)
+
+
+async def put_manifest(request: web.Request) -> web.Response:
+    """Store the body as a manifest under a tag or digest: 201 with its Location and
+    digest, and `OCI-Subject` when it has a subject (telling the client that this registry
+    keeps referrers itself). 413 past the size limit."""
+    name = params.repository(request)
+    reference = params.reference(request)
+    content = await read_manifest(request)
+    stored = await call(
+        clients(request).metadata.PutManifest(
+            md.PutManifestRequest(
+                repository=name,
+                reference=reference,
+                media_type=request.headers.get(hdrs.CONTENT_TYPE, ""),
+                content=content,
+            )
+        )
+    )
+    headers = {hdrs.LOCATION: _location(name, stored.digest), CONTENT_DIGEST: stored.digest}
+    if stored.subject_digest:
+        headers[OCI_SUBJECT] = stored.subject_digest
+    return web.Response(status=201, headers=headers)
+
+
+async def delete_manifest(request: web.Request) -> web.Response:
+    """By digest, delete the manifest and every tag on it; by tag, only the tag. 202."""
+    name = params.repository(request)
+    await call(
+        clients(request).metadata.DeleteManifest(
+            md.DeleteManifestRequest(repository=name, reference=params.reference(request))
+        )
+    )
+    return web.Response(status=202)

@@ -1,0 +1,218 @@
+"""Blob uploads: `POST /v2/<name>/blobs/uploads/` (end-4a, end-4b, end-11) and
+`GET`/`PATCH`/`PUT`/`DELETE /v2/<name>/blobs/uploads/<id>` (end-13, end-5, end-6).
+
+A session lives in two places under one id: metadata_svc records it (and which repository
+it belongs to), blob_svc holds its bytes. Every request on a session first asks
+metadata_svc for it, so a session can only be used through its own repository, and marks
+it active (GC collects sessions idle for an hour). A blob becomes visible only once
+blob_svc has verified its digest and metadata_svc has linked it.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from aiohttp import hdrs, web
+
+from artifactstore.blob.v1 import blob_pb2 as bl
+from artifactstore.errors import Reason, RegistryError
+from artifactstore.metadata.v1 import metadata_pb2 as md
+from artifactstore.names import check_name
+from artifactstore.rpc import call
+from gateway import params
+from gateway.bodies import BodyStream
+from gateway.headers import CONTENT_DIGEST, UPLOAD_UUID
+from gateway.keys import clients, settings
+
+log = logging.getLogger(__name__)
+
+# The spec's chunk range is `^[0-9]+-[0-9]+$`; RFC 9110's "bytes a-b/len" form is
+# accepted too, as some clients send it.
+_CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
+
+
+def _upload_location(name: str, upload_id: str) -> str:
+    return f"/v2/{name}/blobs/uploads/{upload_id}"
+
+
+def _blob_location(name: str, digest: str) -> str:
+    return f"/v2/{name}/blobs/{digest}"
+
+
+def _progress(name: str, upload_id: str, size: int, status: int) -> web.Response:
+    """A session's state: where to send the next request and, as `Range: 0-<last byte>`,
+    what it holds. The spec's form cannot describe an empty session ("0-0" would claim one
+    byte; opencontainers/distribution-spec#578), so an empty session has no Range."""
+    headers = {hdrs.LOCATION: _upload_location(name, upload_id), UPLOAD_UUID: upload_id}
+    if size:
+        headers[hdrs.RANGE] = f"0-{size - 1}"
+    return web.Response(status=status, headers=headers)
+
+
+def _created(name: str, digest: str) -> web.Response:
+    return web.Response(
+        status=201,
+        headers={hdrs.LOCATION: _blob_location(name, digest), CONTENT_DIGEST: digest},
+    )
+
+
+def _chunk_offset(request: web.Request) -> int | None:
+    """Where the request's chunk must start (its Content-Range), or None to append.
+
+    RANGE_INVALID for a malformed range; SIZE_INVALID when Content-Length disagrees.
+    """
+    text = request.headers.get(hdrs.CONTENT_RANGE)
+    if text is None:
+        return None
+    match = _CONTENT_RANGE.fullmatch(text.strip())
+    if match is None or int(match[2]) < int(match[1]):
+        raise RegistryError(
+            Reason.RANGE_INVALID, f"invalid Content-Range {text[:100]!r}: expected <first>-<last>"
+        )
+    first, last = int(match[1]), int(match[2])
+    length = request.content_length
+    if length is not None and length != last - first + 1:
+        raise RegistryError(
+            Reason.SIZE_INVALID,
+            f"Content-Length {length} does not match Content-Range {first}-{last}",
+        )
+    return first
+
+
+async def _session(request: web.Request, name: str) -> str:
+    """The path's upload id, once metadata_svc confirms the session belongs to `name`
+    (BLOB_UPLOAD_UNKNOWN otherwise) and has recorded this activity."""
+    upload_id = request.match_info["upload_id"]
+    await call(
+        clients(request).metadata.GetUpload(
+            md.GetUploadRequest(repository=name, upload_id=upload_id, touch=True)
+        )
+    )
+    return upload_id
+
+
+async def _new_session(request: web.Request, name: str) -> str:
+    """Allocate a session in metadata_svc and create its (empty) bytes in blob_svc."""
+    backends = clients(request)
+    session = await call(backends.metadata.CreateUpload(md.CreateUploadRequest(repository=name)))
+    await call(backends.blob.StartUpload(bl.StartUploadRequest(upload_id=session.upload_id)))
+    return session.upload_id
+
+
+async def _append(request: web.Request, upload_id: str, offset: int | None) -> int:
+    """Stream the request body into the session (at `offset`, when given) and return the
+    session's size. A body cut short leaves what arrived in the session, then fails."""
+    body = BodyStream(request, settings(request).upload_chunk_bytes)
+    size = await clients(request).write_upload(upload_id, body.chunks(), offset)
+    body.raise_if_cut()
+    return size
+
+
+async def _complete(
+    request: web.Request, name: str, upload_id: str, digest: str, offset: int | None
+) -> web.Response:
+    """Append the body (if any), have blob_svc verify the whole against `digest`, and link
+    the blob to the repository, which ends the session. On a digest mismatch
+    (DIGEST_INVALID) the session stays, so the client may try again."""
+    backends = clients(request)
+    if request.body_exists:
+        await _append(request, upload_id, offset)
+    blob = await call(
+        backends.blob.CommitUpload(bl.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    )
+    await call(
+        backends.metadata.LinkBlob(
+            md.LinkBlobRequest(
+                repository=name, digest=blob.digest, size=blob.size, upload_id=upload_id
+            )
+        )
+    )
+    return _created(name, blob.digest)
+
+
+async def _mount(request: web.Request, name: str, digest: str, source: str) -> str | None:
+    """Link the blob `source` has into `name` and return its digest, or None when the
+    blob cannot be mounted from there (the client then uploads it)."""
+    try:
+        link = await call(
+            clients(request).metadata.MountBlob(
+                md.MountBlobRequest(
+                    repository=name,
+                    from_repository=check_name(source),
+                    digest=params.digest(digest),
+                )
+            )
+        )
+    except RegistryError as err:
+        log.debug("no mount of %s from %s into %s: %s", digest, source, name, err.message)
+        return None
+    return link.digest
+
+
+async def start_upload(request: web.Request) -> web.Response:
+    """Start an upload session (202 with its Location), or, with `?digest=`, upload the
+    body as the whole blob in this one request (201), or, with `?mount=&from=`, link the
+    blob another repository has (201) and fall back to a new session (202) when it cannot.
+    """
+    name = params.repository(request)
+    query = request.query
+    if "digest" in query:
+        digest = params.digest(query["digest"])
+        upload_id = await _new_session(request, name)
+        return await _complete(request, name, upload_id, digest, offset=None)
+    mount, source = query.get("mount"), query.get("from")
+    if mount and source:
+        mounted = await _mount(request, name, mount, source)
+        if mounted is not None:
+            return _created(name, mounted)
+    upload_id = await _new_session(request, name)
+    return _progress(name, upload_id, 0, 202)
+
+
+async def upload_status(request: web.Request) -> web.Response:
+    """204 with the session's Location and Range: where a client resumes after a 416 or a
+    lost connection."""
+    name = params.repository(request)
+    upload_id = await _session(request, name)
+    status = await call(
+        clients(request).blob.GetUploadStatus(bl.GetUploadStatusRequest(upload_id=upload_id))
+    )
+    return _progress(name, upload_id, status.size, 204)
+
+
+async def append_chunk(request: web.Request) -> web.Response:
+    """Append the body to the session: 202 with its new Range. With Content-Range, the
+    chunk must start where the session ends, else 416 and nothing is appended; without, the
+    body is appended as it streams (a streamed upload)."""
+    name = params.repository(request)
+    offset = _chunk_offset(request)
+    upload_id = await _session(request, name)
+    size = await _append(request, upload_id, offset)
+    return _progress(name, upload_id, size, 202)
+
+
+async def finish_upload(request: web.Request) -> web.Response:
+    """Close the session with `?digest=` of the whole blob, appending the body first if
+    there is one: 201 with the blob's Location. DIGEST_INVALID when the digest is missing,
+    malformed or does not match the bytes."""
+    name = params.repository(request)
+    text = request.query.get("digest")
+    if not text:
+        raise RegistryError(Reason.DIGEST_INVALID, "the digest query parameter is required")
+    digest = params.digest(text)
+    offset = _chunk_offset(request)
+    upload_id = await _session(request, name)
+    return await _complete(request, name, upload_id, digest, offset)
+
+
+async def cancel_upload(request: web.Request) -> web.Response:
+    """Drop the session and its bytes: 204."""
+    name = params.repository(request)
+    upload_id = await _session(request, name)
+    backends = clients(request)
+    await call(backends.blob.CancelUpload(bl.CancelUploadRequest(upload_id=upload_id)))
+    await call(
+        backends.metadata.DeleteUpload(md.DeleteUploadRequest(repository=name, upload_id=upload_id))
+    )
+    return web.Response(status=204)

@@ -1,0 +1,53 @@
+"""Runs the gateway at `settings.address` until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+from aiohttp import web
+
+from artifactstore.config import Settings
+from gateway.app import create_app
+
+log = logging.getLogger(__name__)
+
+# How long requests in flight may take to finish on shutdown; below the supervisor's
+# grace before it kills a child (artifactstore.supervisor.STOP_GRACE_SECONDS).
+SHUTDOWN_SECONDS = 8.0
+
+
+def listen_address(address: str) -> tuple[str, int]:
+    """`host:port` (IPv6 hosts in brackets) as a (host, port) pair to bind."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"invalid listen address {address!r}: expected host:port")
+    return host.removeprefix("[").removesuffix("]"), int(port)
+
+
+async def main(settings: Settings) -> None:
+    """Serve the API until SIGTERM or SIGINT, then stop listening, let requests in flight
+    finish for up to `SHUTDOWN_SECONDS`, and close the channels to the services."""
+    host, port = listen_address(settings.address)
+    runner = web.AppRunner(
+        create_app(settings),
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_SECONDS,
+        # One line per request costs real throughput; spans record requests already.
+        access_log=logging.getLogger("aiohttp.access") if settings.debug else None,
+        # Lets a body buffer whole upload chunks before reading pauses.
+        read_bufsize=settings.upload_chunk_bytes,
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        log.info("serving the registry API at %s", settings.address)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
