@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -543,16 +544,18 @@ def skopeo(client_config: ClientConfig) -> Tool:
 
 
 @pytest.fixture
-def podman(client_config: ClientConfig, tmp_path: Path) -> Tool:
-    """podman as root with its whole storage inside this test's temporary directory."""
+def podman(client_config: ClientConfig, tmp_path: Path) -> Iterator[Tool]:
+    """podman as root with its whole storage inside this test's temporary directory.
+
+    podman refuses a runroot longer than 50 characters, so the runroot is a short
+    temporary directory of its own, removed after the test.
+    """
     binary = _require_binary("podman")
     root = tmp_path / "podman"
+    runroot = Path(tempfile.mkdtemp(prefix="e2e-podman-"))
     storage_conf = client_config.root / "storage.conf"
     storage_conf.write_text(
-        "[storage]\n"
-        'driver = "vfs"\n'
-        f'runroot = "{root / "runroot"}"\n'
-        f'graphroot = "{root / "root"}"\n'
+        f'[storage]\ndriver = "vfs"\nrunroot = "{runroot}"\ngraphroot = "{root / "root"}"\n'
     )
     containers_conf = client_config.root / "containers.conf"
     containers_conf.write_text("")
@@ -561,21 +564,24 @@ def podman(client_config: ClientConfig, tmp_path: Path) -> Tool:
         "CONTAINERS_STORAGE_CONF": str(storage_conf),
         "CONTAINERS_CONF": str(containers_conf),
     }
-    return Tool(
-        prefix=[
-            binary,
-            "--root",
-            str(root / "root"),
-            "--runroot",
-            str(root / "runroot"),
-            "--storage-driver",
-            "vfs",
-            "--cgroup-manager",
-            "cgroupfs",
-            "--events-backend",
-            "file",
-            "--tmpdir",
-            str(root / "tmp"),
-        ],
-        env=env,
-    )
+    try:
+        yield Tool(
+            prefix=[
+                binary,
+                "--root",
+                str(root / "root"),
+                "--runroot",
+                str(runroot),
+                "--storage-driver",
+                "vfs",
+                "--cgroup-manager",
+                "cgroupfs",
+                "--events-backend",
+                "file",
+                "--tmpdir",
+                str(root / "tmp"),
+            ],
+            env=env,
+        )
+    finally:
+        shutil.rmtree(runroot, ignore_errors=True)

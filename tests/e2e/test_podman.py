@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tests.e2e.images import build_image, write_layout
+from tests.e2e.images import DOCKER_MANIFEST, OCI_MANIFEST, build_image, write_layout
+
+ACCEPT = {"Accept": f"{OCI_MANIFEST}, {DOCKER_MANIFEST}"}
 
 
 def _inspect(podman, ref: str) -> dict:
@@ -41,12 +43,10 @@ def test_push_pull_round_trip(registry, podman, client_config, tmp_path: Path, u
     assert pushed_digest.startswith("sha256:")
 
     # The registry serves what podman pushed, under the tag and under its digest.
-    head = registry.request("HEAD", f"/v2/{repo}/manifests/v1", headers={"Accept": "*/*"})
+    head = registry.request("HEAD", f"/v2/{repo}/manifests/v1", headers=ACCEPT)
     assert head.status == 200, head
     assert head.header("Docker-Content-Digest") == pushed_digest
-    manifest = registry.request(
-        "GET", f"/v2/{repo}/manifests/{pushed_digest}", headers={"Accept": "*/*"}
-    )
+    manifest = registry.request("GET", f"/v2/{repo}/manifests/{pushed_digest}", headers=ACCEPT)
     assert manifest.status == 200
     pushed = manifest.json()
     assert pushed["config"]["digest"] == image.config.digest
