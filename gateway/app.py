@@ -9,8 +9,8 @@ from aiohttp import web
 from artifactstore.config import Settings
 from gateway.clients import connect
 from gateway.errors import error_middleware
-from gateway.headers import API_VERSION
 from gateway.keys import CLIENTS, SETTINGS
+from gateway.responses import API_VERSION
 from gateway.routes import setup_routes
 from gateway.tracing import tracing_middleware
 

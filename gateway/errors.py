@@ -9,7 +9,6 @@ any unexpected exception get the same body shape.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
@@ -18,10 +17,9 @@ import grpc
 from aiohttp import hdrs, web
 
 from artifactstore.errors import Reason, RegistryError
+from gateway.responses import json_response
 
 log = logging.getLogger(__name__)
-
-JSON = "application/json"
 
 
 class HttpError(NamedTuple):
@@ -98,11 +96,7 @@ def error_response(
     error: dict[str, Any] = {"code": code, "message": message}
     if detail:
         error["detail"] = dict(detail)
-    response = web.Response(
-        status=status,
-        body=json.dumps({"errors": [error]}).encode(),
-        content_type=JSON,
-    )
+    response = json_response({"errors": [error]}, status=status)
     if headers:
         response.headers.update(headers)
     return response

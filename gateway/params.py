@@ -11,6 +11,7 @@ from aiohttp import hdrs, web
 from artifactstore.digests import Digest, is_digest
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.names import check_name, check_tag
+from gateway.responses import json_response
 
 # Page sizes travel as int32 in the metadata contract.
 _MAX_PAGE = 2**31 - 1
@@ -56,7 +57,7 @@ def page_response(
 ) -> web.Response:
     """A JSON listing; when entries remain, a `Link: <…>; rel="next"` header (RFC 5988)
     names the page after the last entry returned, as the spec asks."""
-    response = web.json_response(body)
+    response = json_response(body)
     if more and returned:
         size = page.size or len(returned)
         after = quote(returned[-1], safe="/")

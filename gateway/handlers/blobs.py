@@ -18,8 +18,8 @@ from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
 from gateway import params
 from gateway.errors import EdgeError
-from gateway.headers import CONTENT_DIGEST
 from gateway.keys import clients
+from gateway.responses import CONTENT_DIGEST
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,8 @@ def requested_range(header: str | None, size: int) -> tuple[int, int] | None:
     bytes, or None to send the whole blob: no header, or one RFC 9110 lets a server ignore
     (another unit, several ranges, bad syntax). RANGE_INVALID (416, with `Content-Range:
     bytes */size`) when the blob holds no byte of the range."""
-    if not header:
+    # An empty blob has no byte to range over: its whole (nothing) is the useful answer.
+    if not header or size == 0:
         return None
     match = _BYTE_RANGE.fullmatch(header.strip())
     if match is None:
@@ -48,16 +49,15 @@ def requested_range(header: str | None, size: int) -> tuple[int, int] | None:
         if not last_text:
             return None
         suffix = int(last_text)
-        if suffix == 0 or size == 0:
+        if suffix == 0:
             raise unsatisfiable
         return max(0, size - suffix), size - 1
     first = int(first_text)
-    last = int(last_text) if last_text else size - 1
-    if last < first:
+    if last_text and int(last_text) < first:
         return None
     if first >= size:
         raise unsatisfiable
-    return first, min(last, size - 1)
+    return first, min(int(last_text), size - 1) if last_text else size - 1
 
 
 async def get_blob(request: web.Request) -> web.StreamResponse:

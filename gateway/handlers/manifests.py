@@ -9,8 +9,8 @@ from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
 from gateway import params
 from gateway.bodies import read_manifest
-from gateway.headers import CONTENT_DIGEST, OCI_SUBJECT
 from gateway.keys import clients
+from gateway.responses import CONTENT_DIGEST, OCI_SUBJECT
 
 
 def _location(name: str, digest: str) -> str:

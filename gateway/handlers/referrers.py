@@ -10,8 +10,8 @@ from artifactstore import mediatypes as mt
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
 from gateway import params
-from gateway.headers import OCI_FILTERS_APPLIED
 from gateway.keys import clients
+from gateway.responses import OCI_FILTERS_APPLIED, json_response
 
 
 def _descriptor(found: md.Descriptor) -> dict[str, Any]:
@@ -47,7 +47,7 @@ async def list_referrers(request: web.Request) -> web.Response:
         "mediaType": mt.OCI_INDEX,
         "manifests": [_descriptor(d) for d in found.referrers],
     }
-    response = web.json_response(index, content_type=mt.OCI_INDEX)
+    response = json_response(index, content_type=mt.OCI_INDEX)
     if artifact_type:
         response.headers[OCI_FILTERS_APPLIED] = "artifactType"
     return response

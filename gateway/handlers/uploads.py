@@ -22,8 +22,8 @@ from artifactstore.names import check_name
 from artifactstore.rpc import call
 from gateway import params
 from gateway.bodies import BodyStream
-from gateway.headers import CONTENT_DIGEST, UPLOAD_UUID
 from gateway.keys import clients, settings
+from gateway.responses import CONTENT_DIGEST, UPLOAD_UUID
 
 log = logging.getLogger(__name__)
 

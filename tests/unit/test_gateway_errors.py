@@ -13,7 +13,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from artifactstore.config import Settings
 from artifactstore.errors import Reason, RegistryError
 from gateway.app import create_app
-from gateway.errors import ERRORS, error_middleware
+from gateway.errors import ERRORS, EdgeError, error_middleware, registry_error_response
+from gateway.handlers.blobs import requested_range
 
 # The spec's error codes (code-1 … code-14) and the legacy Docker codes it names.
 SPEC_CODES = {
@@ -175,6 +176,7 @@ async def test_gateway_answers_version_check(
 ) -> None:
     response = await gateway.get("/v2/")
     assert response.status == 200
+    assert response.headers["Content-Type"] == "application/json"
     assert await response.json() == {}
     assert response.headers["Docker-Distribution-API-Version"] == "registry/2.0"
 
@@ -207,3 +209,30 @@ async def test_head_error_has_no_body(gateway: TestClient[web.Request, web.Appli
     response = await gateway.head("/v2/Bad_Name/manifests/latest")
     assert response.status == 400
     assert await response.read() == b""
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        (None, None),
+        ("bytes=0-9", (0, 9)),
+        ("bytes=5-", (5, 99)),
+        ("bytes=90-200", (90, 99)),
+        ("bytes=-10", (90, 99)),
+        ("bytes=-500", (0, 99)),
+        ("bytes=0-1,5-6", None),
+        ("items=0-9", None),
+        ("bytes=9-0", None),
+    ],
+)
+def test_blob_ranges(header: str | None, expected: tuple[int, int] | None) -> None:
+    assert requested_range(header, 100) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=100-", "bytes=150-160", "bytes=-0"])
+def test_unsatisfiable_range_is_416_with_the_size(header: str) -> None:
+    with pytest.raises(EdgeError) as caught:
+        requested_range(header, 100)
+    response = registry_error_response(caught.value)
+    assert response.status == 416
+    assert response.headers["Content-Range"] == "bytes */100"
