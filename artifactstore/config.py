@@ -40,6 +40,15 @@ class Settings:
     scan_address: str
     gc_address: str
     upload_chunk_bytes: int
+    metadata_directory: str
+    iam_address: str
+    admin_user: str
+    admin_password: str | None
+    default_organization: str
+    token_key_file: Path
+    token_service: str
+    token_ttl_seconds: int
+    refresh_token_ttl_seconds: int
 
     @property
     def kv_path(self) -> Path:
@@ -52,6 +61,7 @@ class Settings:
         e = os.environ if env is None else env
         data_dir = Path(e.get("ARTS_DATA_DIR", "./data")).absolute()
         run = data_dir / "run"
+        metadata_address = e.get("ARTS_METADATA_ADDRESS", f"unix:{run / 'metadata.sock'}")
         return cls(
             address=e.get("ARTIFACT_STORE_ADDRESS", "0.0.0.0:7111"),
             directory=e.get("ARTIFACT_STORE_DIRECTORY", "registry"),
@@ -62,9 +72,20 @@ class Settings:
             data_dir=data_dir,
             storage_url=e.get("ARTS_STORAGE_URL", (data_dir / "storage").as_uri()),
             fdb_cluster_file=e.get("FDB_CLUSTER_FILE") or None,
-            metadata_address=e.get("ARTS_METADATA_ADDRESS", f"unix:{run / 'metadata.sock'}"),
+            metadata_address=metadata_address,
             blob_address=e.get("ARTS_BLOB_ADDRESS", f"unix:{run / 'blob.sock'}"),
             scan_address=e.get("ARTS_SCAN_ADDRESS", f"unix:{run / 'scan.sock'}"),
             gc_address=e.get("ARTS_GC_ADDRESS", f"unix:{run / 'gc.sock'}"),
             upload_chunk_bytes=int(e.get("ARTS_UPLOAD_CHUNK_BYTES", str(1024 * 1024))),
+            metadata_directory=e.get("ARTS_METADATA_DIRECTORY", "topaz"),
+            iam_address=e.get("ARTS_IAM_ADDRESS", "") or metadata_address,
+            admin_user=e.get("ARTS_ADMIN_USER", "admin"),
+            admin_password=e.get("ARTS_ADMIN_PASSWORD") or None,
+            default_organization=e.get("ARTS_DEFAULT_ORGANIZATION", "default"),
+            token_key_file=Path(
+                e.get("ARTS_TOKEN_KEY_FILE", str(data_dir / "keys" / "token-signing.pem"))
+            ).absolute(),
+            token_service=e.get("ARTS_TOKEN_SERVICE", "artifact-store"),
+            token_ttl_seconds=int(e.get("ARTS_TOKEN_TTL_SECS", "300")),
+            refresh_token_ttl_seconds=int(e.get("ARTS_REFRESH_TOKEN_TTL_SECS", str(30 * 86400))),
         )

@@ -41,6 +41,7 @@ class Reason(enum.StrEnum):
     RANGE_INVALID = "RANGE_INVALID"
     PAGINATION_INVALID = "PAGINATION_INVALID"
     UNAVAILABLE = "UNAVAILABLE"
+    ALREADY_EXISTS = "ALREADY_EXISTS"
 
 
 # The gRPC status each reason travels with.
@@ -64,6 +65,7 @@ GRPC_CODES: dict[Reason, grpc.StatusCode] = {
     Reason.RANGE_INVALID: grpc.StatusCode.OUT_OF_RANGE,
     Reason.PAGINATION_INVALID: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+    Reason.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
 }
 
 

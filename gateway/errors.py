@@ -65,6 +65,8 @@ ERRORS: dict[Reason, HttpError] = {
     Reason.PAGINATION_INVALID: HttpError(400, "UNSUPPORTED"),
     # 5xx bodies are not bound to the spec's table.
     Reason.UNAVAILABLE: HttpError(503, "UNAVAILABLE"),
+    # Administrative API only: creating what already exists.
+    Reason.ALREADY_EXISTS: HttpError(409, "DENIED"),
 }
 
 # aiohttp's own errors (no route, method not allowed, …) by status; other 4xx → UNSUPPORTED.

@@ -17,6 +17,23 @@ ARTIFACT_STORE_DIRECTORY. The first element numbers the area; numbers are never 
     (12, repo, child, parent)           → ''   reverse of (7): the indexes naming a manifest
     (13, repo, blob, manifest)          → ''   reverse of (6): the manifests naming a blob
 
+The platform's IAM data lives in its own directory, ARTS_METADATA_DIRECTORY:
+
+    (1,  organization)                  → Organization record (JSON)
+    (2,  project)                       → Project record (JSON: organization, …)
+    (3,  organization, project)         → ''   the projects of an organization
+    (4,  user)                          → User record (JSON: scrypt hash, disabled, …)
+    (5,  service account email)         → ServiceAccount record (JSON)
+    (6,  project, service account)      → ''   the service accounts of a project
+    (7,  key id)                        → Key record (JSON: public key PEM, …)
+    (8,  service account, key id)       → ''   the keys of a service account
+    (9,  scope kind, scope name, principal) → role
+    (10, principal, scope kind, scope name) → role   reverse of (9)
+    (11,)                               → policy version (atomic int64 LE)
+    (12, time ns, nonce)                → audit entry (JSON)
+    (13, principal)                     → recent authentication failures (JSON)
+    (14,)                               → bootstrap done (JSON)
+
 Values must fit FoundationDB's 100,000-byte limit; manifest bodies (up to 4 MiB) are the
 only values that can be larger, hence (3)'s parts (the Record Layer's SplitHelper idea).
 """
@@ -124,3 +141,95 @@ class Keyspace:
 
     def manifests_of_blob(self, repo: str, blob: str) -> Subspace:
         return self.root.subspace((MANIFEST_OF_BLOB, repo, blob))
+
+
+ORGANIZATION = 1
+PROJECT = 2
+PROJECT_OF_ORGANIZATION = 3
+USER = 4
+SERVICE_ACCOUNT = 5
+SERVICE_ACCOUNT_OF_PROJECT = 6
+KEY = 7
+KEY_OF_SERVICE_ACCOUNT = 8
+BINDING = 9
+BINDING_OF_PRINCIPAL = 10
+POLICY_VERSION = 11
+AUDIT = 12
+AUTH_FAILURES = 13
+BOOTSTRAP = 14
+
+
+@dataclass(frozen=True)
+class IamKeyspace:
+    """Typed key builders for the IAM directory's shapes above."""
+
+    root: Subspace
+
+    def organization(self, org: str) -> bytes:
+        return self.root.pack((ORGANIZATION, org))
+
+    def organizations(self) -> Subspace:
+        return self.root.subspace((ORGANIZATION,))
+
+    def project(self, project: str) -> bytes:
+        return self.root.pack((PROJECT, project))
+
+    def projects(self) -> Subspace:
+        return self.root.subspace((PROJECT,))
+
+    def project_of_organization(self, org: str, project: str) -> bytes:
+        return self.root.pack((PROJECT_OF_ORGANIZATION, org, project))
+
+    def projects_of_organization(self, org: str) -> Subspace:
+        return self.root.subspace((PROJECT_OF_ORGANIZATION, org))
+
+    def user(self, user: str) -> bytes:
+        return self.root.pack((USER, user))
+
+    def users(self) -> Subspace:
+        return self.root.subspace((USER,))
+
+    def service_account(self, email: str) -> bytes:
+        return self.root.pack((SERVICE_ACCOUNT, email))
+
+    def service_account_of_project(self, project: str, email: str) -> bytes:
+        return self.root.pack((SERVICE_ACCOUNT_OF_PROJECT, project, email))
+
+    def service_accounts_of_project(self, project: str) -> Subspace:
+        return self.root.subspace((SERVICE_ACCOUNT_OF_PROJECT, project))
+
+    def key(self, key_id: str) -> bytes:
+        return self.root.pack((KEY, key_id))
+
+    def key_of_service_account(self, email: str, key_id: str) -> bytes:
+        return self.root.pack((KEY_OF_SERVICE_ACCOUNT, email, key_id))
+
+    def keys_of_service_account(self, email: str) -> Subspace:
+        return self.root.subspace((KEY_OF_SERVICE_ACCOUNT, email))
+
+    def binding(self, kind: str, name: str, principal: str) -> bytes:
+        return self.root.pack((BINDING, kind, name, principal))
+
+    def bindings(self, kind: str, name: str) -> Subspace:
+        return self.root.subspace((BINDING, kind, name))
+
+    def binding_of_principal(self, principal: str, kind: str, name: str) -> bytes:
+        return self.root.pack((BINDING_OF_PRINCIPAL, principal, kind, name))
+
+    def bindings_of_principal(self, principal: str) -> Subspace:
+        return self.root.subspace((BINDING_OF_PRINCIPAL, principal))
+
+    def policy_version(self) -> bytes:
+        return self.root.pack((POLICY_VERSION,))
+
+    def audit(self, at_ns: int, nonce: str) -> bytes:
+        return self.root.pack((AUDIT, at_ns, nonce))
+
+    def audits(self) -> Subspace:
+        return self.root.subspace((AUDIT,))
+
+    def auth_failures(self, principal: str) -> bytes:
+        return self.root.pack((AUTH_FAILURES, principal))
+
+    def bootstrap(self) -> bytes:
+        return self.root.pack((BOOTSTRAP,))

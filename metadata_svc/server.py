@@ -1,27 +1,55 @@
-"""Assembles metadata_svc's gRPC server around the one KV store of the mesh."""
+"""Assembles metadata_svc's gRPC server around the one KV store of the mesh: registry
+metadata (MetadataService) and IAM (IamService) side by side."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
-from artifactstore import rpc
+from artifactstore import access, rpc
 from artifactstore.config import Settings
+from artifactstore.iam.v1 import iam_pb2, iam_pb2_grpc
 from artifactstore.metadata.v1 import metadata_pb2, metadata_pb2_grpc
-from metadata_svc.kv import open_database
+from metadata_svc.iam import IamStore
+from metadata_svc.iam_service import IamServicer
+from metadata_svc.kv import Transaction, open_database
 from metadata_svc.service import MetadataServicer
 from metadata_svc.store import MetadataStore
 
+log = logging.getLogger(__name__)
+
 
 async def main(settings: Settings) -> None:
-    """Open the KV store and serve MetadataService until SIGTERM or SIGINT."""
+    """Open the KV store, set up IAM on first start, and serve until SIGTERM or SIGINT."""
     db = open_database(cluster_file=settings.fdb_cluster_file, embedded_path=settings.kv_path)
-    store = MetadataStore(db, settings.directory)
-    name = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
-    servicer = rpc.Servicer(
-        metadata_pb2_grpc.add_MetadataServiceServicer_to_server, MetadataServicer(store), name
-    )
+    iam = IamStore(db, settings.metadata_directory, settings.default_organization)
+
+    def new_repository(tr: Transaction, repository: str) -> None:
+        iam.ensure_project(tr, access.project_of(repository))
+
+    store = MetadataStore(db, settings.directory, on_new_repository=new_repository)
+    generated = await iam.bootstrap(settings.admin_user, settings.admin_password)
+    if generated is not None:
+        # Printed once, on the first start of an empty store; it is not kept anywhere.
+        log.warning(
+            "initial administrator %r created with password %s", settings.admin_user, generated
+        )
+    metadata = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
+    iam_name = iam_pb2.DESCRIPTOR.services_by_name["IamService"].full_name
+    servicers = [
+        rpc.Servicer(
+            metadata_pb2_grpc.add_MetadataServiceServicer_to_server,
+            MetadataServicer(store),
+            metadata,
+        ),
+        rpc.Servicer(
+            iam_pb2_grpc.add_IamServiceServicer_to_server,
+            IamServicer(iam, store.has_repositories),
+            iam_name,
+        ),
+    ]
 
     async def close() -> None:
         await asyncio.to_thread(db.close)
 
-    await rpc.serve([servicer], settings.metadata_address, on_stop=close)
+    await rpc.serve(servicers, settings.metadata_address, on_stop=close)

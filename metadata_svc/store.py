@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from artifactstore.digests import Digest, is_digest, sha256_of
@@ -85,9 +86,17 @@ def _check_digest(text: str) -> str:
 class MetadataStore:
     """The domain operations of metadata_svc."""
 
-    def __init__(self, db: Database, directory: str) -> None:
+    def __init__(
+        self,
+        db: Database,
+        directory: str,
+        on_new_repository: Callable[[Transaction, str], None] | None = None,
+    ) -> None:
+        """`on_new_repository(tr, name)` runs inside the transaction creating a repository
+        (IAM creates its project there, so the two never disagree)."""
         self._db = db
         self._keys = Keyspace(db.directory(directory))
+        self._on_new_repository = on_new_repository
 
     # -- repositories -----------------------------------------------------------------
 
@@ -95,6 +104,17 @@ class MetadataStore:
         key = self._keys.repository(repo)
         if tr.get(key) is None:
             tr.set(key, json.dumps({"created_at": time.time()}).encode())
+            if self._on_new_repository is not None:
+                self._on_new_repository(tr, repo)
+
+    def has_repositories(self, tr: Transaction, project: str) -> bool:
+        """Inside a transaction: whether any repository belongs to `project`."""
+        space = self._keys.repositories()
+        if tr.get(space.pack((project,))) is not None:
+            return True
+        # Names starting "<project>/" sort between "<project>/" and "<project>0".
+        nested = tr.get_range(space.pack((project + "/",)), space.pack((project + "0",)), limit=1)
+        return bool(nested)
 
     def _require_repository(self, tr: Transaction, repo: str) -> None:
         if tr.get(self._keys.repository(repo)) is None:
