@@ -73,8 +73,9 @@ class BodyStream:
 
 
 async def read_manifest(request: web.Request) -> bytes:
-    """The whole body of a manifest PUT; MANIFEST_TOO_LARGE past the registry's limit
-    (at most limit + 1 bytes are read to find out)."""
+    """The whole body of a manifest PUT; MANIFEST_TOO_LARGE past the registry's limit,
+    told by Content-Length before reading anything, or else by reading stopping at the
+    first piece past the limit (so memory stays bounded whatever the client sends)."""
     limit = mt.MAX_MANIFEST_BYTES
     too_large = RegistryError(
         Reason.MANIFEST_TOO_LARGE, f"a manifest may have at most {limit} bytes"

@@ -97,6 +97,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         response.content_length = length
         await response.prepare(request)
         sent = 0
+        failure = "the stream ended early"
         try:
             if first_chunk:
                 await response.write(first_chunk)
@@ -106,12 +107,21 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
                 sent += len(chunk)
         except ConnectionError:
             return response
-        except (RegistryError, grpc.aio.AioRpcError) as err:
-            log.warning("blob %s of %s failed after %d bytes: %s", digest, name, sent, err)
+        except RegistryError as err:
+            failure = err.message
+        except grpc.aio.AioRpcError as err:
+            failure = f"{err.code().name}: {err.details()}"
         if sent != length:
+            log.warning(
+                "blob %s of %s cut off after %d of %d bytes: %s",
+                digest,
+                name,
+                sent,
+                length,
+                failure,
+            )
             # Headers are gone: the only way left to tell the client is to cut the
             # connection short of Content-Length.
-            log.warning("blob %s of %s: sent %d of %d bytes", digest, name, sent, length)
             if request.transport is not None:
                 request.transport.close()
     return response
