@@ -32,7 +32,7 @@ class BodyStream:
     def __init__(self, request: web.Request, chunk_bytes: int) -> None:
         self._content = request.content
         self._chunk_bytes = chunk_bytes
-        self.received = 0
+        self._received = 0
         self._error: Exception | None = None
 
     async def chunks(self) -> AsyncIterator[bytes]:
@@ -50,7 +50,7 @@ class BodyStream:
                 if end_of_http_chunk:
                     continue
                 break
-            self.received += len(data)
+            self._received += len(data)
             if not pending and len(data) >= self._chunk_bytes:
                 yield data
                 continue
@@ -68,7 +68,7 @@ class BodyStream:
         if self._error is not None:
             raise RegistryError(
                 Reason.BLOB_UPLOAD_INVALID,
-                f"the request body ended early, after {self.received} bytes: {self._error}",
+                f"the request body ended early, after {self._received} bytes: {self._error}",
             )
 
 
