@@ -269,6 +269,19 @@ async def test_base_endpoint(api):
     assert r.headers.get("Docker-Distribution-API-Version") == "registry/2.0"
 
 
+def test_ready_means_every_backend_answers(start_registry):
+    """The moment GET /v2/ first answers 200 on a fresh instance (the readiness signal
+    operators and these tests use), requests that need metadata_svc and blob_svc work:
+    an upload starts and completes, and a missing manifest is 404, not 503."""
+    reg = start_registry()
+    r = reg.request("GET", "/v2/ready/manifests/latest")
+    r.expect_error(404, frozenset({"NAME_UNKNOWN", "MANIFEST_UNKNOWN"}))
+    digest = reg.push_blob("ready/check", b"first request after readiness")
+    r = reg.request("GET", f"/v2/ready/check/blobs/{digest}")
+    assert r.status == 200
+    assert r.body == b"first request after readiness"
+
+
 # --- end-4a/4b, end-6: monolithic uploads --------------------------------------------
 
 
