@@ -684,6 +684,50 @@ async def test_manifest_put_by_digest(api, unique_repo):
     assert await api.tags(repo) == ["first"]
 
 
+async def test_tag_moves_to_a_new_manifest(api, unique_repo):
+    """PUT of another manifest under an existing tag moves the tag; the old manifest stays
+    reachable by digest."""
+    repo = unique_repo()
+    old = await api.push_image(repo, "current", seed=26)
+    new = await api.push_image(repo, "current", seed=27)
+    got = await api.get_manifest(repo, "current")
+    assert got.headers.get("Docker-Content-Digest") == new.digest
+    assert got.body == new.manifest.data
+    assert (await api.get_manifest(repo, old.digest)).body == old.manifest.data
+    assert await api.tags(repo) == ["current"]
+
+
+async def test_invalid_manifest_body(api, unique_repo):
+    """Bodies that are not a manifest (not JSON, JSON of the wrong shape, a schema
+    version other than 2): 400 MANIFEST_INVALID, nothing stored."""
+    repo = unique_repo()
+    image = await api.push_image(repo, "base", seed=28)
+    config = image.config.descriptor()
+    bodies = [
+        (OCI_MANIFEST, b"this is not json"),
+        (OCI_MANIFEST, b"[1, 2, 3]"),
+        (OCI_MANIFEST, canonical_json({"schemaVersion": 2, "mediaType": OCI_MANIFEST})),
+        (
+            OCI_MANIFEST,
+            canonical_json(
+                {"schemaVersion": 1, "mediaType": OCI_MANIFEST, "config": config, "layers": []}
+            ),
+        ),
+        (
+            OCI_MANIFEST,
+            canonical_json(
+                {"schemaVersion": 2, "mediaType": OCI_MANIFEST, "config": config, "layers": 7}
+            ),
+        ),
+    ]
+    for media_type, body in bodies:
+        r = await api.put_manifest(repo, "bad", Blob(media_type, body))
+        api.error(r, 400, "MANIFEST_INVALID")
+        api.error(await api.get_manifest(repo, sha256(body)), 404, "MANIFEST_UNKNOWN")
+    api.error(await api.get_manifest(repo, "bad"), 404, "MANIFEST_UNKNOWN")
+    assert await api.tags(repo) == ["base"]
+
+
 async def test_manifest_with_missing_blob(api, unique_repo):
     """A manifest naming a layer the repository lacks, and an index naming a manifest it
     lacks: 400 MANIFEST_BLOB_UNKNOWN, no tag, no manifest."""
