@@ -24,7 +24,8 @@ import errno
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime
-from typing import NamedTuple
+from functools import partial
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -139,31 +140,36 @@ class BlobStore:
             state = await asyncio.to_thread(
                 self._catch_up, upload_id, self._hashes.take(upload_id), size
             )
+            data = paths.upload_data(self._root, upload_id)
             try:
                 stream = await asyncio.to_thread(
-                    self._fs.open_append_stream,
-                    paths.upload_data(self._root, upload_id),
-                    compression=None,
+                    self._fs.open_append_stream, data, compression=None
                 )
             except FileNotFoundError:
                 raise _upload_unknown(upload_id) from None
             try:
-                await _pipe(chunks, lambda block: _append(stream, state, block))
+                # Writing and hashing a block run side by side, each in its own thread.
+                await _pipe(chunks, (partial(_write_all, stream), _hash_all(state)))
             finally:
-                # The state is valid even after a failed write: it covers a prefix of
-                # what is stored (see HashState), so keep it.
-                self._hashes.put(upload_id, state)
                 await asyncio.to_thread(stream.close)
+                # Both consumers saw the same blocks unless a write failed part-way; then
+                # the hash may cover bytes never stored and must be rebuilt from storage.
+                stored = await asyncio.to_thread(self._fs.get_file_info, data)
+                if stored.type == pafs.FileType.File and stored.size == state.size:
+                    self._hashes.put(upload_id, state)
             return state.size
 
     async def upload_size(self, upload_id: str) -> int:
-        """The number of bytes session `upload_id` holds.
+        """The number of bytes session `upload_id` holds, once any write of it in progress
+        in this process has ended (so after a client went away mid-stream, the size
+        counts every chunk that arrived, and a resume from it succeeds).
 
         Raises BLOB_UPLOAD_INVALID for a malformed id, BLOB_UPLOAD_UNKNOWN if there is no
         such session.
         """
         paths.check_upload_id(upload_id)
-        return await asyncio.to_thread(self._session_size, upload_id)
+        async with self._locks.hold(upload_id):
+            return await asyncio.to_thread(self._session_size, upload_id)
 
     async def commit_upload(self, upload_id: str, digest: Digest) -> BlobInfo:
         """Verify session `upload_id` against `digest`, make it the canonical blob of
@@ -263,9 +269,10 @@ class BlobStore:
                 for chunk in batch:
                     yield chunk
         finally:
-            if pending is not None:
-                await asyncio.wait([pending])
+            cancelled = pending is not None and await _settle([pending])
             await asyncio.to_thread(source.close)
+            if cancelled:
+                raise asyncio.CancelledError
 
     async def delete(self, digest: Digest) -> bool:
         """Delete the canonical blob `digest`; return False if it did not exist.
@@ -385,17 +392,32 @@ class BlobStore:
         return True
 
 
-async def _pipe(chunks: AsyncIterator[bytes], write: Callable[[Sequence[bytes]], None]) -> None:
-    """Feed `chunks` to `write` (run in a worker thread) in blocks of about
-    WRITE_BLOCK_BYTES, receiving the next block while the previous one is written.
+async def _pipe(
+    chunks: AsyncIterator[bytes], consumers: Sequence[Callable[[Sequence[bytes]], None]]
+) -> None:
+    """Give `chunks`, in blocks of about WRITE_BLOCK_BYTES, to every consumer, each
+    consumer running in its own worker thread; the next block is received while the
+    consumers process the previous one.
 
-    If `chunks` fails or the caller is cancelled, every chunk received so far is still
-    written before the error propagates; if a write fails, nothing after it is. Returns or
-    raises only once no write is running any more.
+    If `chunks` fails or the caller is cancelled, every chunk received so far still reaches
+    every consumer before the error propagates; once a consumer fails, no further block is
+    given out. Returns or raises only once no consumer is running any more.
     """
-    pending: asyncio.Task[None] | None = None
+    pending: list[asyncio.Task[None]] = []
     block: list[bytes] = []
     block_bytes = 0
+
+    def start(block: list[bytes]) -> list[asyncio.Task[None]]:
+        return [asyncio.create_task(asyncio.to_thread(consume, block)) for consume in consumers]
+
+    cancelled = False
+
+    async def join(tasks: list[asyncio.Task[None]]) -> None:
+        nonlocal cancelled
+        cancelled |= await _settle(tasks)
+        for task in tasks:
+            task.result()
+
     try:
         async for chunk in chunks:
             if not chunk:
@@ -403,23 +425,45 @@ async def _pipe(chunks: AsyncIterator[bytes], write: Callable[[Sequence[bytes]],
             block.append(chunk)
             block_bytes += len(chunk)
             if block_bytes >= WRITE_BLOCK_BYTES:
-                if pending is not None:
-                    await asyncio.shield(pending)
-                pending = asyncio.create_task(asyncio.to_thread(write, block))
+                await join(pending)
+                if cancelled:
+                    raise asyncio.CancelledError
+                pending = start(block)
                 block, block_bytes = [], 0
     finally:
-        if pending is not None:
-            # The thread cannot be interrupted, and the stream must outlive its write.
-            await asyncio.wait([pending])
-            pending.result()
+        await join(pending)
         if block:
-            await asyncio.to_thread(write, block)
+            await join(start(block))
+    if cancelled:
+        raise asyncio.CancelledError
 
 
-def _append(stream: pa.NativeFile, state: HashState, block: Sequence[bytes]) -> None:
+async def _settle(tasks: Sequence[asyncio.Task[Any]]) -> bool:
+    """Wait until every task is done, even through cancellation, and return whether the
+    caller was cancelled meanwhile (it must then raise CancelledError itself): a worker
+    thread cannot be interrupted, and the files it uses must stay open until it is done."""
+    cancelled = False
+    running = [task for task in tasks if not task.done()]
+    while running:
+        try:
+            await asyncio.wait(running)
+        except asyncio.CancelledError:
+            cancelled = True
+        running = [task for task in running if not task.done()]
+    return cancelled
+
+
+def _write_all(stream: pa.NativeFile, block: Sequence[bytes]) -> None:
     for chunk in block:
         stream.write(chunk)
-        state.update(chunk)
+
+
+def _hash_all(state: HashState) -> Callable[[Sequence[bytes]], None]:
+    def consume(block: Sequence[bytes]) -> None:
+        for chunk in block:
+            state.update(chunk)
+
+    return consume
 
 
 def _read_batch(source: pa.NativeFile, position: int, end: int) -> list[bytes]:

@@ -1,0 +1,446 @@
+"""Contract of artifactstore.blob.v1.BlobService (protos/artifactstore/blob/v1/blob.proto),
+checked against the real service process (`artifact-store blob`) over its unix socket:
+every RPC, every error's status code and ErrorInfo reason, health checking, reflection,
+and the streaming throughput (printed)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from artifactstore import rpc
+from artifactstore.blob.v1 import blob_pb2, blob_pb2_grpc
+from artifactstore.errors import DOMAIN, Reason, RegistryError
+
+if TYPE_CHECKING:
+    from artifactstore.blob.v1.blob_pb2_grpc import BlobServiceAsyncStub as Stub
+
+MiB = 1024 * 1024
+SERVICE = "artifactstore.blob.v1.BlobService"
+
+
+def _wait_serving(address: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    with grpc.insecure_channel(address) as channel:
+        # The typeshed stubs of grpcio-health-checking omit the stub's methods.
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        while True:
+            try:
+                reply = health.Check(health_pb2.HealthCheckRequest(service=SERVICE), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"blob service at {address} did not become SERVING")
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One blob service process for the module; it must stop cleanly on SIGTERM."""
+    data = tmp_path_factory.mktemp("blob")
+    address = f"unix:{data / 'blob.sock'}"
+    env = {**os.environ, "ARTS_DATA_DIR": str(data), "ARTS_BLOB_ADDRESS": address}
+    process = subprocess.Popen([sys.executable, "-m", "artifactstore.cli", "blob"], env=env)
+    try:
+        _wait_serving(address)
+        yield address
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    # Every test ends its sessions and deletes its blobs: nothing may remain.
+    storage = data / "storage"
+    left = [str(p.relative_to(storage)) for p in storage.rglob("*") if not p.is_dir()]
+    assert not left, f"left behind in storage: {left}"
+
+
+@pytest.fixture
+async def channel(address: str) -> AsyncIterator[grpc.aio.Channel]:
+    async with rpc.channel(address) as chan:
+        yield chan
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> Stub:
+    return blob_pb2_grpc.BlobServiceStub(channel)
+
+
+async def expect_error(call: Awaitable[Any], code: grpc.StatusCode, reason: Reason) -> None:
+    """Assert that `call` fails with status `code` carrying an ErrorInfo with `reason`."""
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    assert caught.value.code() == code, caught.value.details()
+    error = RegistryError.from_rpc_error(caught.value)
+    assert error is not None, "no ErrorInfo of domain " + DOMAIN
+    assert error.reason == reason
+
+
+async def expect_stream_error(
+    stream: AsyncIterable[Any], code: grpc.StatusCode, reason: Reason
+) -> None:
+    async def drain() -> None:
+        async for _ in stream:
+            pass
+
+    await expect_error(drain(), code, reason)
+
+
+def digest_of(*chunks: bytes) -> str:
+    hasher = hashlib.sha256()
+    for chunk in chunks:
+        hasher.update(chunk)
+    return f"sha256:{hasher.hexdigest()}"
+
+
+def header(upload_id: str, offset: int | None = None) -> blob_pb2.WriteUploadRequest:
+    return blob_pb2.WriteUploadRequest(
+        header=blob_pb2.UploadHeader(upload_id=upload_id, offset=offset)
+    )
+
+
+async def messages(
+    upload_id: str, chunks: list[bytes], offset: int | None = None
+) -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+    yield header(upload_id, offset)
+    for chunk in chunks:
+        yield blob_pb2.WriteUploadRequest(data=chunk)
+
+
+async def read(stub: Stub, digest: str, offset: int = 0, length: int = 0) -> bytes:
+    call = stub.ReadBlob(blob_pb2.ReadBlobRequest(digest=digest, offset=offset, length=length))
+    parts = [reply.data async for reply in call]
+    assert all(len(part) <= rpc.STREAM_CHUNK_BYTES for part in parts)
+    return b"".join(parts)
+
+
+async def test_health_is_serving(channel: grpc.aio.Channel) -> None:
+    health: Any = health_pb2_grpc.HealthStub(channel)
+    for service in ("", SERVICE):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_service(channel: grpc.aio.Channel) -> None:
+    # The typeshed stubs of grpcio-reflection omit the stub's methods.
+    untyped: Any = channel
+    reflection: Any = reflection_pb2_grpc.ServerReflectionStub(untyped)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    replies = [reply async for reply in reflection.ServerReflectionInfo(iter([request]))]
+    names = {s.name for s in replies[0].list_services_response.service}
+    assert SERVICE in names
+    assert "grpc.health.v1.Health" in names
+
+
+async def test_upload_commit_read_delete(stub: Stub) -> None:
+    rng = random.Random(1)
+    first, second = [rng.randbytes(MiB), rng.randbytes(12345)], [rng.randbytes(3 * MiB)]
+    data = b"".join(first + second)
+    upload_id = str(uuid.uuid4())
+
+    status = await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    assert (status.upload_id, status.size) == (upload_id, 0)
+    status = await stub.WriteUpload(messages(upload_id, first, offset=0))
+    assert status.size == MiB + 12345
+    status = await stub.WriteUpload(messages(upload_id, second))
+    assert status.size == len(data)
+    # StartUpload again leaves the session as it is.
+    assert (await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))).size == (
+        len(data)
+    )
+    status = await stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=upload_id))
+    assert status.size == len(data)
+
+    digest = digest_of(data)
+    info = await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    assert (info.digest, info.size) == (digest, len(data))
+    await expect_error(
+        stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=upload_id)),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UPLOAD_UNKNOWN,
+    )
+    info = await stub.StatBlob(blob_pb2.StatBlobRequest(digest=digest))
+    assert (info.digest, info.size) == (digest, len(data))
+    assert await read(stub, digest) == data
+    assert await read(stub, digest, offset=MiB - 5, length=10) == data[MiB - 5 : MiB + 5]
+    assert await read(stub, digest, offset=len(data) - 3) == data[-3:]
+    assert await read(stub, digest, offset=len(data)) == b""
+
+    deleted = await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+    assert deleted.deleted is True
+    deleted = await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+    assert deleted.deleted is False
+
+
+async def test_cancel_upload(stub: Stub) -> None:
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    await stub.WriteUpload(messages(upload_id, [b"abc"]))
+    reply = await stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=upload_id))
+    assert reply.cancelled is True
+    reply = await stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=upload_id))
+    assert reply.cancelled is False
+
+
+async def test_upload_errors(stub: Stub) -> None:
+    invalid, unknown = "not/valid", str(uuid.uuid4())
+    for bad in (invalid, "", "x" * 65):
+        await expect_error(
+            stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=bad)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.BLOB_UPLOAD_INVALID,
+        )
+    await expect_error(
+        stub.WriteUpload(messages(invalid, [b"x"])),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.BLOB_UPLOAD_INVALID,
+    )
+    await expect_error(
+        stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=invalid)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.BLOB_UPLOAD_INVALID,
+    )
+    await expect_error(
+        stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=invalid, digest=digest_of(b"x"))),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.BLOB_UPLOAD_INVALID,
+    )
+    await expect_error(
+        stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=invalid)),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.BLOB_UPLOAD_INVALID,
+    )
+    await expect_error(
+        stub.WriteUpload(messages(unknown, [b"x"])),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UPLOAD_UNKNOWN,
+    )
+    await expect_error(
+        stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=unknown)),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UPLOAD_UNKNOWN,
+    )
+    await expect_error(
+        stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=unknown, digest=digest_of(b"x"))),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UPLOAD_UNKNOWN,
+    )
+    reply = await stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=unknown))
+    assert reply.cancelled is False
+
+
+async def test_malformed_write_streams(stub: Stub) -> None:
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+
+    async def no_header() -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+        yield blob_pb2.WriteUploadRequest(data=b"x")
+
+    async def two_headers() -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+        yield header(upload_id)
+        yield blob_pb2.WriteUploadRequest(data=b"ab")
+        yield header(upload_id)
+
+    async def nothing() -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+        return
+        yield
+
+    for stream in (no_header(), two_headers(), nothing()):
+        await expect_error(
+            stub.WriteUpload(stream), grpc.StatusCode.INVALID_ARGUMENT, Reason.BLOB_UPLOAD_INVALID
+        )
+    # Data before a misplaced header was received, and stays.
+    status = await stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=upload_id))
+    assert status.size == 2
+    await stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=upload_id))
+
+
+async def test_offset_mismatch(stub: Stub) -> None:
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    await stub.WriteUpload(messages(upload_id, [b"12345"], offset=0))
+    for wrong in (0, 4, 6):
+        await expect_error(
+            stub.WriteUpload(messages(upload_id, [b"678"], offset=wrong)),
+            grpc.StatusCode.OUT_OF_RANGE,
+            Reason.RANGE_INVALID,
+        )
+    status = await stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=upload_id))
+    assert status.size == 5
+    assert (await stub.WriteUpload(messages(upload_id, [b"678"], offset=5))).size == 8
+    await stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=upload_id))
+
+
+async def test_digest_errors(stub: Stub) -> None:
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    await stub.WriteUpload(messages(upload_id, [b"content"]))
+    for wrong in (digest_of(b"other"), "sha256:abc", "md5:" + "0" * 32, "nonsense"):
+        await expect_error(
+            stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=wrong)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.DIGEST_INVALID,
+        )
+    # The session survived the mismatches; the right digest commits it.
+    status = await stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=upload_id))
+    assert status.size == len(b"content")
+    digest = digest_of(b"content")
+    await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+
+    for malformed in ("sha256:XYZ", "", "sha256:" + "0" * 63):
+        await expect_error(
+            stub.StatBlob(blob_pb2.StatBlobRequest(digest=malformed)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.DIGEST_INVALID,
+        )
+        await expect_stream_error(
+            stub.ReadBlob(blob_pb2.ReadBlobRequest(digest=malformed)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.DIGEST_INVALID,
+        )
+        await expect_error(
+            stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=malformed)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.DIGEST_INVALID,
+        )
+    assert (await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))).deleted
+
+
+async def test_blob_errors(stub: Stub) -> None:
+    missing = digest_of(b"never pushed")
+    await expect_error(
+        stub.StatBlob(blob_pb2.StatBlobRequest(digest=missing)),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UNKNOWN,
+    )
+    await expect_stream_error(
+        stub.ReadBlob(blob_pb2.ReadBlobRequest(digest=missing)),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UNKNOWN,
+    )
+    assert (await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=missing))).deleted is False
+
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    await stub.WriteUpload(messages(upload_id, [b"0123456789"]))
+    digest = digest_of(b"0123456789")
+    await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    for offset, length in ((11, 0), (10, 1), (0, 11), (9, 2), (-1, 0), (0, -1)):
+        await expect_stream_error(
+            stub.ReadBlob(blob_pb2.ReadBlobRequest(digest=digest, offset=offset, length=length)),
+            grpc.StatusCode.OUT_OF_RANGE,
+            Reason.RANGE_INVALID,
+        )
+    assert await read(stub, digest, offset=9, length=1) == b"9"
+    assert (await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))).deleted
+
+
+async def test_throughput_256_mib(
+    stub: Stub,
+    capsys: pytest.CaptureFixture[str],
+    record_property: Any,
+) -> None:
+    block = random.Random(2).randbytes(rpc.STREAM_CHUNK_BYTES)
+    count = 256
+    digest = digest_of(*([block] * count))
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+
+    started = time.perf_counter()
+    status = await stub.WriteUpload(messages(upload_id, [block] * count, offset=0))
+    info = await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    write_seconds = time.perf_counter() - started
+    assert status.size == info.size == count * MiB
+
+    started = time.perf_counter()
+    received = 0
+    async for reply in stub.ReadBlob(blob_pb2.ReadBlobRequest(digest=digest)):
+        received += len(reply.data)
+    read_seconds = time.perf_counter() - started
+    assert received == count * MiB
+
+    write_rate, read_rate = count / write_seconds, count / read_seconds
+    record_property("write_commit_mib_per_s", round(write_rate))
+    record_property("read_mib_per_s", round(read_rate))
+    with capsys.disabled():
+        print(
+            f"\nblob_svc over unix socket, {count} MiB: WriteUpload+CommitUpload "
+            f"{write_rate:.0f} MiB/s, ReadBlob {read_rate:.0f} MiB/s"
+        )
+    assert (await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))).deleted
+
+
+async def test_many_concurrent_uploads(stub: Stub) -> None:
+    rng = random.Random(3)
+    blobs = [rng.randbytes(rng.randrange(1, 3 * MiB)) for _ in range(8)] + [b"same"] * 4
+
+    async def push(data: bytes) -> blob_pb2.BlobInfo:
+        upload_id = str(uuid.uuid4())
+        await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+        chunks = [data[i : i + MiB] for i in range(0, len(data), MiB)]
+        await stub.WriteUpload(messages(upload_id, chunks, offset=0))
+        return await stub.CommitUpload(
+            blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest_of(data))
+        )
+
+    infos = await asyncio.gather(*(push(data) for data in blobs))
+    for info, data in zip(infos, blobs, strict=True):
+        assert info.digest == digest_of(data)
+        assert await read(stub, info.digest) == data
+    for digest in {info.digest for info in infos}:
+        assert (await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))).deleted
+
+
+async def test_client_gone_mid_stream_then_resume(address: str) -> None:
+    # A plain channel: through rpc.channel's OpenTelemetry interceptor, cancelling a
+    # client-streaming call does not cancel the RPC (the interceptor awaits the call), so
+    # the server would go on waiting for data until the connection dies.
+    async with grpc.aio.insecure_channel(address, options=rpc.CHANNEL_OPTIONS) as plain:
+        await _client_gone_mid_stream_then_resume(blob_pb2_grpc.BlobServiceStub(plain))
+
+
+async def _client_gone_mid_stream_then_resume(stub: Stub) -> None:
+    rng = random.Random(4)
+    chunks = [rng.randbytes(MiB) for _ in range(10)]
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    sent = asyncio.Event()
+
+    async def stalls() -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+        yield header(upload_id, 0)
+        for chunk in chunks[:6]:
+            yield blob_pb2.WriteUploadRequest(data=chunk)
+        sent.set()
+        await asyncio.Event().wait()
+
+    call = stub.WriteUpload(stalls())
+    await sent.wait()
+    await asyncio.sleep(0.5)  # the chunks are on their way; let them arrive
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+
+    # Every chunk that arrived before the client left is kept; the client resumes there.
+    request = blob_pb2.GetUploadStatusRequest(upload_id=upload_id)
+    size = (await stub.GetUploadStatus(request)).size
+    assert size == 6 * MiB
+    status = await stub.WriteUpload(messages(upload_id, chunks[size // MiB :], offset=size))
+    assert status.size == 10 * MiB
+    digest = digest_of(*chunks)
+    await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    assert await read(stub, digest) == b"".join(chunks)
+    assert (await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))).deleted
