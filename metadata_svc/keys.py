@@ -40,24 +40,31 @@ only values that can be larger, hence (3)'s parts (the Record Layer's SplitHelpe
 
 from __future__ import annotations
 
+import enum
 import struct
 from dataclasses import dataclass
 
 from fdb.subspace_impl import Subspace
 
-REPOSITORY = 1
-MANIFEST = 2
-MANIFEST_PART = 3
-TAG = 4
-BLOB_LINK = 5
-MANIFEST_BLOB = 6
-MANIFEST_CHILD = 7
-REFERRER = 8
-UPLOAD = 9
-BLOB_REFCOUNT = 10
-TAG_OF_MANIFEST = 11
-PARENT_OF_MANIFEST = 12
-MANIFEST_OF_BLOB = 13
+
+@enum.unique
+class Area(enum.IntEnum):
+    """The registry directory's top-level areas; a number is never reused."""
+
+    REPOSITORY = 1
+    MANIFEST = 2
+    MANIFEST_PART = 3
+    TAG = 4
+    BLOB_LINK = 5
+    MANIFEST_BLOB = 6
+    MANIFEST_CHILD = 7
+    REFERRER = 8
+    UPLOAD = 9
+    BLOB_REFCOUNT = 10
+    TAG_OF_MANIFEST = 11
+    PARENT_OF_MANIFEST = 12
+    MANIFEST_OF_BLOB = 13
+
 
 # Leaves headroom under the 100,000-byte value limit.
 PART_BYTES = 90_000
@@ -80,83 +87,87 @@ class Keyspace:
     root: Subspace
 
     def repository(self, repo: str) -> bytes:
-        return self.root.pack((REPOSITORY, repo))
+        return self.root.pack((Area.REPOSITORY, repo))
 
     def repositories(self) -> Subspace:
-        return self.root.subspace((REPOSITORY,))
+        return self.root.subspace((Area.REPOSITORY,))
 
     def manifest(self, repo: str, digest: str) -> bytes:
-        return self.root.pack((MANIFEST, repo, digest))
+        return self.root.pack((Area.MANIFEST, repo, digest))
 
     def manifest_part(self, repo: str, digest: str, part: int) -> bytes:
-        return self.root.pack((MANIFEST_PART, repo, digest, part))
+        return self.root.pack((Area.MANIFEST_PART, repo, digest, part))
 
     def manifest_parts(self, repo: str, digest: str) -> Subspace:
-        return self.root.subspace((MANIFEST_PART, repo, digest))
+        return self.root.subspace((Area.MANIFEST_PART, repo, digest))
 
     def tag(self, repo: str, tag: str) -> bytes:
-        return self.root.pack((TAG, repo, tag))
+        return self.root.pack((Area.TAG, repo, tag))
 
     def tags(self, repo: str) -> Subspace:
-        return self.root.subspace((TAG, repo))
+        return self.root.subspace((Area.TAG, repo))
 
     def blob_link(self, repo: str, digest: str) -> bytes:
-        return self.root.pack((BLOB_LINK, repo, digest))
+        return self.root.pack((Area.BLOB_LINK, repo, digest))
 
     def manifest_blob(self, repo: str, manifest: str, blob: str) -> bytes:
-        return self.root.pack((MANIFEST_BLOB, repo, manifest, blob))
+        return self.root.pack((Area.MANIFEST_BLOB, repo, manifest, blob))
 
     def manifest_blobs(self, repo: str, manifest: str) -> Subspace:
-        return self.root.subspace((MANIFEST_BLOB, repo, manifest))
+        return self.root.subspace((Area.MANIFEST_BLOB, repo, manifest))
 
     def manifest_child(self, repo: str, manifest: str, child: str) -> bytes:
-        return self.root.pack((MANIFEST_CHILD, repo, manifest, child))
+        return self.root.pack((Area.MANIFEST_CHILD, repo, manifest, child))
 
     def manifest_children(self, repo: str, manifest: str) -> Subspace:
-        return self.root.subspace((MANIFEST_CHILD, repo, manifest))
+        return self.root.subspace((Area.MANIFEST_CHILD, repo, manifest))
 
     def referrer(self, repo: str, subject: str, referrer: str) -> bytes:
-        return self.root.pack((REFERRER, repo, subject, referrer))
+        return self.root.pack((Area.REFERRER, repo, subject, referrer))
 
     def referrers(self, repo: str, subject: str) -> Subspace:
-        return self.root.subspace((REFERRER, repo, subject))
+        return self.root.subspace((Area.REFERRER, repo, subject))
 
     def upload(self, upload_id: str) -> bytes:
-        return self.root.pack((UPLOAD, upload_id))
+        return self.root.pack((Area.UPLOAD, upload_id))
 
     def blob_refcount(self, digest: str) -> bytes:
-        return self.root.pack((BLOB_REFCOUNT, digest))
+        return self.root.pack((Area.BLOB_REFCOUNT, digest))
 
     def tag_of_manifest(self, repo: str, manifest: str, tag: str) -> bytes:
-        return self.root.pack((TAG_OF_MANIFEST, repo, manifest, tag))
+        return self.root.pack((Area.TAG_OF_MANIFEST, repo, manifest, tag))
 
     def tags_of_manifest(self, repo: str, manifest: str) -> Subspace:
-        return self.root.subspace((TAG_OF_MANIFEST, repo, manifest))
+        return self.root.subspace((Area.TAG_OF_MANIFEST, repo, manifest))
 
     def parent_of_manifest(self, repo: str, child: str, parent: str) -> bytes:
-        return self.root.pack((PARENT_OF_MANIFEST, repo, child, parent))
+        return self.root.pack((Area.PARENT_OF_MANIFEST, repo, child, parent))
 
     def manifest_of_blob(self, repo: str, blob: str, manifest: str) -> bytes:
-        return self.root.pack((MANIFEST_OF_BLOB, repo, blob, manifest))
+        return self.root.pack((Area.MANIFEST_OF_BLOB, repo, blob, manifest))
 
     def manifests_of_blob(self, repo: str, blob: str) -> Subspace:
-        return self.root.subspace((MANIFEST_OF_BLOB, repo, blob))
+        return self.root.subspace((Area.MANIFEST_OF_BLOB, repo, blob))
 
 
-ORGANIZATION = 1
-PROJECT = 2
-PROJECT_OF_ORGANIZATION = 3
-USER = 4
-SERVICE_ACCOUNT = 5
-SERVICE_ACCOUNT_OF_PROJECT = 6
-KEY = 7
-KEY_OF_SERVICE_ACCOUNT = 8
-BINDING = 9
-BINDING_OF_PRINCIPAL = 10
-POLICY_VERSION = 11
-AUDIT = 12
-AUTH_FAILURES = 13
-BOOTSTRAP = 14
+@enum.unique
+class IamArea(enum.IntEnum):
+    """The IAM directory's top-level areas; a number is never reused."""
+
+    ORGANIZATION = 1
+    PROJECT = 2
+    PROJECT_OF_ORGANIZATION = 3
+    USER = 4
+    SERVICE_ACCOUNT = 5
+    SERVICE_ACCOUNT_OF_PROJECT = 6
+    KEY = 7
+    KEY_OF_SERVICE_ACCOUNT = 8
+    BINDING = 9
+    BINDING_OF_PRINCIPAL = 10
+    POLICY_VERSION = 11
+    AUDIT = 12
+    AUTH_FAILURES = 13
+    BOOTSTRAP = 14
 
 
 @dataclass(frozen=True)
@@ -166,70 +177,70 @@ class IamKeyspace:
     root: Subspace
 
     def organization(self, org: str) -> bytes:
-        return self.root.pack((ORGANIZATION, org))
+        return self.root.pack((IamArea.ORGANIZATION, org))
 
     def organizations(self) -> Subspace:
-        return self.root.subspace((ORGANIZATION,))
+        return self.root.subspace((IamArea.ORGANIZATION,))
 
     def project(self, project: str) -> bytes:
-        return self.root.pack((PROJECT, project))
+        return self.root.pack((IamArea.PROJECT, project))
 
     def projects(self) -> Subspace:
-        return self.root.subspace((PROJECT,))
+        return self.root.subspace((IamArea.PROJECT,))
 
     def project_of_organization(self, org: str, project: str) -> bytes:
-        return self.root.pack((PROJECT_OF_ORGANIZATION, org, project))
+        return self.root.pack((IamArea.PROJECT_OF_ORGANIZATION, org, project))
 
     def projects_of_organization(self, org: str) -> Subspace:
-        return self.root.subspace((PROJECT_OF_ORGANIZATION, org))
+        return self.root.subspace((IamArea.PROJECT_OF_ORGANIZATION, org))
 
     def user(self, user: str) -> bytes:
-        return self.root.pack((USER, user))
+        return self.root.pack((IamArea.USER, user))
 
     def users(self) -> Subspace:
-        return self.root.subspace((USER,))
+        return self.root.subspace((IamArea.USER,))
 
     def service_account(self, email: str) -> bytes:
-        return self.root.pack((SERVICE_ACCOUNT, email))
+        return self.root.pack((IamArea.SERVICE_ACCOUNT, email))
 
     def service_account_of_project(self, project: str, email: str) -> bytes:
-        return self.root.pack((SERVICE_ACCOUNT_OF_PROJECT, project, email))
+        return self.root.pack((IamArea.SERVICE_ACCOUNT_OF_PROJECT, project, email))
 
     def service_accounts_of_project(self, project: str) -> Subspace:
-        return self.root.subspace((SERVICE_ACCOUNT_OF_PROJECT, project))
+        return self.root.subspace((IamArea.SERVICE_ACCOUNT_OF_PROJECT, project))
 
     def key(self, key_id: str) -> bytes:
-        return self.root.pack((KEY, key_id))
+        return self.root.pack((IamArea.KEY, key_id))
 
     def key_of_service_account(self, email: str, key_id: str) -> bytes:
-        return self.root.pack((KEY_OF_SERVICE_ACCOUNT, email, key_id))
+        return self.root.pack((IamArea.KEY_OF_SERVICE_ACCOUNT, email, key_id))
 
     def keys_of_service_account(self, email: str) -> Subspace:
-        return self.root.subspace((KEY_OF_SERVICE_ACCOUNT, email))
+        return self.root.subspace((IamArea.KEY_OF_SERVICE_ACCOUNT, email))
 
     def binding(self, kind: str, name: str, principal: str) -> bytes:
-        return self.root.pack((BINDING, kind, name, principal))
+        return self.root.pack((IamArea.BINDING, kind, name, principal))
 
     def bindings(self, kind: str, name: str) -> Subspace:
-        return self.root.subspace((BINDING, kind, name))
+        return self.root.subspace((IamArea.BINDING, kind, name))
 
     def binding_of_principal(self, principal: str, kind: str, name: str) -> bytes:
-        return self.root.pack((BINDING_OF_PRINCIPAL, principal, kind, name))
+        return self.root.pack((IamArea.BINDING_OF_PRINCIPAL, principal, kind, name))
 
     def bindings_of_principal(self, principal: str) -> Subspace:
-        return self.root.subspace((BINDING_OF_PRINCIPAL, principal))
+        return self.root.subspace((IamArea.BINDING_OF_PRINCIPAL, principal))
 
     def policy_version(self) -> bytes:
-        return self.root.pack((POLICY_VERSION,))
+        return self.root.pack((IamArea.POLICY_VERSION,))
 
     def audit(self, at_ns: int, nonce: str) -> bytes:
-        return self.root.pack((AUDIT, at_ns, nonce))
+        return self.root.pack((IamArea.AUDIT, at_ns, nonce))
 
     def audits(self) -> Subspace:
-        return self.root.subspace((AUDIT,))
+        return self.root.subspace((IamArea.AUDIT,))
 
     def auth_failures(self, principal: str) -> bytes:
-        return self.root.pack((AUTH_FAILURES, principal))
+        return self.root.pack((IamArea.AUTH_FAILURES, principal))
 
     def bootstrap(self) -> bytes:
-        return self.root.pack((BOOTSTRAP,))
+        return self.root.pack((IamArea.BOOTSTRAP,))

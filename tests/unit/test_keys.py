@@ -8,10 +8,10 @@ import inspect
 import pytest
 from fdb.subspace_impl import Subspace
 
-from metadata_svc import keys
-from metadata_svc.keys import Keyspace, decode_int, encode_int
+from metadata_svc.keys import Area, IamArea, IamKeyspace, Keyspace, decode_int, encode_int
 
 SPACE = Keyspace(Subspace(("registry",)))
+IAM = IamKeyspace(Subspace(("topaz",)))
 ARGS = {
     "repo": "proj/app",
     "digest": "sha256:" + "a" * 64,
@@ -24,30 +24,44 @@ ARGS = {
     "referrer": "sha256:" + "f" * 64,
     "upload_id": "0123abcd",
     "parent": "sha256:" + "9" * 64,
+    "org": "acme",
+    "project": "proj",
+    "user": "alice",
+    "email": "ci@proj.iam.artifact-store",
+    "key_id": "k1",
+    "kind": "project",
+    "name": "proj",
+    "principal": "user:alice",
+    "at_ns": 1_700_000_000_000_000_000,
+    "nonce": "ab12",
 }
 SHAPES = [
-    name
-    for name, fn in inspect.getmembers(Keyspace, inspect.isfunction)
+    (space, name)
+    for space in (SPACE, IAM)
+    for name, _ in inspect.getmembers(type(space), inspect.isfunction)
     if not name.startswith("_")
 ]
 
 
-@pytest.mark.parametrize("shape", SHAPES)
-def test_every_shape_round_trips(shape: str) -> None:
-    method = getattr(SPACE, shape)
+@pytest.mark.parametrize(
+    ("space", "shape"), SHAPES, ids=[f"{type(s).__name__}.{n}" for s, n in SHAPES]
+)
+def test_every_shape_round_trips(space: Keyspace | IamKeyspace, shape: str) -> None:
+    method = getattr(space, shape)
     params = list(inspect.signature(method).parameters)
     values = tuple(ARGS[p] for p in params)
     built = method(*values)
     key = built.key() if isinstance(built, Subspace) else built
-    unpacked = SPACE.root.unpack(key)
+    unpacked = space.root.unpack(key)
     assert unpacked[1:] == values
-    assert SPACE.root.contains(key)
+    assert space.root.contains(key)
 
 
-def test_areas_are_distinct() -> None:
-    areas = [v for k, v in vars(keys).items() if k.isupper() and isinstance(v, int)]
-    areas.remove(keys.PART_BYTES)
-    assert len(areas) == len(set(areas))
+@pytest.mark.parametrize("areas", [Area, IamArea])
+def test_areas_are_distinct_small_integers(areas: type[Area] | type[IamArea]) -> None:
+    numbers = [a.value for a in areas]
+    assert len(numbers) == len(set(numbers)) == len(areas.__members__)
+    assert all(0 < n < 256 for n in numbers)
 
 
 def test_tags_sort_lexically() -> None:
