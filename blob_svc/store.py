@@ -126,7 +126,8 @@ class BlobStore:
         part-way, every chunk received before stays appended and the error propagates; the
         session remains consistent (its size tells the client where to resume).
         Raises BLOB_UPLOAD_INVALID for a malformed id, BLOB_UPLOAD_UNKNOWN if there is no
-        such session.
+        such session, or if its commit already made it canonical (and died before ending
+        the session, which this then does).
         """
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
@@ -137,6 +138,8 @@ class BlobStore:
                     f"upload {upload_id} is at offset {size}, not {offset}",
                     size=str(size),
                 )
+            if self._local and await asyncio.to_thread(self._published_before, upload_id):
+                raise _upload_unknown(upload_id)
             state = await asyncio.to_thread(
                 self._catch_up, upload_id, self._hashes.take(upload_id), size
             )
@@ -289,6 +292,21 @@ class BlobStore:
         if info.type != pafs.FileType.File:
             raise _upload_unknown(upload_id)
         return int(info.size)
+
+    def _published_before(self, upload_id: str) -> bool:
+        """Whether a commit of the session linked its data to a canonical blob and then
+        died before removing the session; if so, finish that commit (remove the session).
+
+        Appending to such a session would append to the canonical blob, which shares its
+        file."""
+        try:
+            links = os.stat(paths.upload_data(self._root, upload_id)).st_nlink
+        except FileNotFoundError:
+            return True
+        if links > 1:
+            self._remove_session(upload_id)
+            return True
+        return False
 
     def _catch_up(self, upload_id: str, state: HashState | None, size: int) -> HashState:
         """A hash state covering the first `size` stored bytes of the session, reusing

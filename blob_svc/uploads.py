@@ -24,9 +24,10 @@ STREAM_ALGORITHM = "sha256"
 class HashState:
     """The hash of the first `size` bytes of one session's data.
 
-    Invariant kept by BlobStore: `hasher` has consumed exactly the first `size` bytes of
-    the session's stored data, so the state is valid whenever `size` is at most the stored
-    size, and the stored bytes after `size` are all it lacks.
+    Invariant kept by BlobStore: a state it holds between calls has consumed exactly the
+    first `size` bytes of the session's stored data. Stored data only grows, so a held
+    state stays valid while `size` is at most the stored size, and lacks only the stored
+    bytes after `size`.
     """
 
     hasher: hashlib._Hash = field(default_factory=lambda: hashlib.new(STREAM_ALGORITHM))

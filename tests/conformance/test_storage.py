@@ -485,3 +485,31 @@ async def test_kill_9_leaves_no_partial_blob(storage_url: str, store: BlobStore)
     selector = pafs.FileSelector(paths.uploads_root(store.root), allow_not_found=True)
     for info in await asyncio.to_thread(store.filesystem.get_file_info, selector):
         assert await store.cancel_upload(info.base_name)
+
+
+async def test_local_commit_interrupted_after_publishing(tmp_path: Path) -> None:
+    """On local disk a commit hard-links the session's file to the canonical path, then
+    removes the session. Killed in between, the session and the blob share one file: an
+    append to the session must not reach the blob; a retried commit must succeed."""
+    store = BlobStore.from_url((tmp_path / "storage").as_uri())
+    data = b"verified bytes"
+    digest = sha256(data)
+    for retry in ("write", "commit"):
+        upload_id = new_id()
+        await store.start_upload(upload_id)
+        await store.write_upload(upload_id, 0, feed(data))
+        # The state a kill -9 leaves between publishing and ending the session.
+        target = Path(paths.blob_data(store.root, digest))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(paths.upload_data(store.root, upload_id), target)
+
+        if retry == "write":
+            with raises(Reason.BLOB_UPLOAD_UNKNOWN):
+                await store.write_upload(upload_id, None, feed(b"appended"))
+        else:
+            assert await store.commit_upload(upload_id, digest) == BlobInfo(digest, len(data))
+        with raises(Reason.BLOB_UPLOAD_UNKNOWN):
+            await store.upload_size(upload_id)
+        assert await read_all(store, digest) == data
+        assert await store.delete(digest)
+    assert not leftovers(store.filesystem, store.root)
