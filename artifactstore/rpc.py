@@ -164,13 +164,52 @@ async def serve(
         await on_stop()
 
 
+# Unary calls that take longer than this fail with DEADLINE_EXCEEDED instead of hanging.
+UNARY_TIMEOUT_SECONDS = 30.0
+
+
+def _patient(
+    details: grpc.aio.ClientCallDetails, timeout: float | None
+) -> grpc.aio.ClientCallDetails:
+    # wait_for_ready: a call made while its service is (re)starting waits for it to come
+    # up, instead of failing at once with UNAVAILABLE.
+    return grpc.aio.ClientCallDetails(
+        method=details.method,
+        timeout=details.timeout if details.timeout is not None else timeout,
+        metadata=details.metadata,
+        credentials=details.credentials,
+        wait_for_ready=True if details.wait_for_ready is None else details.wait_for_ready,
+    )
+
+
+class _PatientUnary(grpc.aio.UnaryUnaryClientInterceptor):
+    """Unary calls wait for their service and carry a default deadline."""
+
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_patient(details, UNARY_TIMEOUT_SECONDS), request)
+
+
+class _PatientStreams(grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
+    """Streaming calls wait for their service; blob transfers have no default deadline."""
+
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_patient(details, None), request)
+
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_patient(details, None), requests)
+
+
 def channel(address: str) -> grpc.aio.Channel:
     """An insecure channel to a mesh service, traced, with the mesh's message limits.
 
-    Create one per address and process and reuse it: channels multiplex calls.
+    Calls wait for a service that is starting or restarting (up to the unary deadline)
+    rather than failing at once. Create one channel per address and process and reuse it:
+    channels multiplex calls.
     """
     return grpc.aio.insecure_channel(
-        address, options=CHANNEL_OPTIONS, interceptors=aio_client_interceptors()
+        address,
+        options=CHANNEL_OPTIONS,
+        interceptors=[*aio_client_interceptors(), _PatientUnary(), _PatientStreams()],
     )
 
 
