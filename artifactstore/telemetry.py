@@ -43,7 +43,7 @@ class OtlpJsonFileExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         """Write the batch; ids are hex strings as OTLP JSON requires, not base64."""
-        message = json_format.MessageToDict(encode_spans(spans))
+        message = json_format.MessageToDict(encode_spans(spans), use_integers_for_enums=True)
         _hex_ids(message)
         line = json.dumps(message, separators=(",", ":")) + "\n"
         with self._lock, open(self._path, "a", encoding="utf-8") as f:

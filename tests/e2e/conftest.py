@@ -157,6 +157,8 @@ class Registry:
     port: int
     log_path: Path
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # Extra environment for the mesh (e.g. telemetry settings).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def host(self) -> str:
@@ -230,6 +232,7 @@ class Registry:
             "ARTS_DATA_DIR": str(self.data_dir),
             "ARTIFACT_STORE_ADDRESS": self.host,
             "PYTHONUNBUFFERED": "1",
+            **self.env,
         }
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -395,13 +398,16 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 
 
 @pytest.fixture
-def start_registry(tmp_path: Path) -> Iterator[Callable[[], Registry]]:
-    """Start a separate `artifact-store serve` (own data dir and port); stopped after."""
+def start_registry(tmp_path: Path) -> Iterator[Callable[..., Registry]]:
+    """Start a separate `artifact-store serve` (own data dir and port, extra environment
+    as keyword arguments); stopped after."""
     started: list[Registry] = []
 
-    def start() -> Registry:
+    def start(**env: str) -> Registry:
         base = tmp_path / f"registry{len(started)}"
-        reg = Registry(data_dir=base / "data", port=free_port(), log_path=base / "serve.log")
+        reg = Registry(
+            data_dir=base / "data", port=free_port(), log_path=base / "serve.log", env=env
+        )
         base.mkdir(parents=True)
         started.append(reg)
         reg.start()
