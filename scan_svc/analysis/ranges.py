@@ -62,6 +62,9 @@ def _event_key(compare: Comparator) -> Callable[[Event], Any]:
 def in_range(version: str, rng: Range, compare: Comparator) -> bool:
     """True when `version` falls in `rng` (see the module docstring); raises
     InvalidVersionError when a version involved does not parse."""
+    # Parse the version itself first: "introduced 0" alone compares nothing, and a version
+    # the ordering cannot read must not be "affected since the beginning".
+    compare(version, version)
     events = sorted(rng.events, key=_event_key(compare))
     affected = False
     for event in events:
