@@ -47,6 +47,7 @@ class Settings:
     default_organization: str
     token_key_file: Path
     token_service: str
+    token_realm: str
     token_ttl_seconds: int
     refresh_token_ttl_seconds: int
 
@@ -86,6 +87,7 @@ class Settings:
                 e.get("ARTS_TOKEN_KEY_FILE", str(data_dir / "keys" / "token-signing.pem"))
             ).absolute(),
             token_service=e.get("ARTS_TOKEN_SERVICE", "artifact-store"),
+            token_realm=e.get("ARTS_TOKEN_REALM", ""),
             token_ttl_seconds=int(e.get("ARTS_TOKEN_TTL_SECS", "300")),
             refresh_token_ttl_seconds=int(e.get("ARTS_REFRESH_TOKEN_TTL_SECS", str(30 * 86400))),
         )

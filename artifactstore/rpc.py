@@ -43,6 +43,15 @@ CHANNEL_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+# Clients ping every 30 s (keepalive_time_ms); the server must allow that, or it answers
+# "too many pings" with GOAWAY and takes down every call on the shared connection.
+SERVER_OPTIONS: list[tuple[str, Any]] = [
+    *CHANNEL_OPTIONS,
+    ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
 class _ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns a `RegistryError` raised by a servicer into its rich gRPC status."""
 
@@ -134,7 +143,7 @@ async def serve(
     """
     server = grpc.aio.server(
         interceptors=[aio_server_interceptor(), _ErrorInterceptor()],
-        options=CHANNEL_OPTIONS,
+        options=SERVER_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -257,7 +257,7 @@ class IamStore:
         return best
 
     async def authorize(
-        self, principal: str, repository: str, actions: list[str]
+        self, principal: str, repository: str, actions: list[str], key_id: str = ""
     ) -> tuple[list[str], int]:
         """Of `actions` on `repository`, those `principal` may do, and the policy version.
 
@@ -270,7 +270,7 @@ class IamStore:
 
         def fn(tr: Transaction) -> tuple[list[str], int]:
             version = decode_int(tr.get(keys.policy_version()))
-            if not self._principal_active(tr, principal):
+            if not self._principal_active(tr, principal, key_id):
                 return [], version
             _, project_exists = self._scopes_of(tr, "repository", repository)
             role = self._role_at(tr, principal, "repository", repository)
@@ -281,16 +281,9 @@ class IamStore:
 
         return await self._db.run(fn)
 
-    async def check_principal(self, principal: str, key_id: str) -> tuple[bool, int]:
-        """Whether the principal (and key) still exist and are enabled; policy version."""
-        keys = self._keys
-
-        def fn(tr: Transaction) -> tuple[bool, int]:
-            return self._principal_active(tr, principal, key_id), decode_int(
-                tr.get(keys.policy_version())
-            )
-
-        return await self._db.run(fn)
+    async def check_principal(self, principal: str, key_id: str) -> bool:
+        """Whether the principal (and its key, when given) exists and is enabled."""
+        return await self._db.run(lambda tr: self._principal_active(tr, principal, key_id))
 
     def ensure_project(self, tr: Transaction, project: str) -> None:
         """Inside a registry transaction: create `project` in the default organization if

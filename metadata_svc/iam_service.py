@@ -69,15 +69,15 @@ class IamServicer(iam_pb2_grpc.IamServiceServicer):
         self, request: pb.AuthorizeRequest, context: Context
     ) -> pb.AuthorizeResponse:
         granted, version = await self._store.authorize(
-            request.principal, request.repository, list(request.actions)
+            request.principal, request.repository, list(request.actions), request.key_id
         )
         return pb.AuthorizeResponse(granted=granted, policy_version=version)
 
     async def CheckPrincipal(
         self, request: pb.CheckPrincipalRequest, context: Context
     ) -> pb.CheckPrincipalResponse:
-        active, version = await self._store.check_principal(request.principal, request.key_id)
-        return pb.CheckPrincipalResponse(active=active, policy_version=version)
+        active = await self._store.check_principal(request.principal, request.key_id)
+        return pb.CheckPrincipalResponse(active=active)
 
     async def WatchPolicy(
         self, request: pb.WatchPolicyRequest, context: Context

@@ -27,6 +27,8 @@ from gateway.responses import CONTENT_DIGEST, UPLOAD_UUID
 
 log = logging.getLogger(__name__)
 
+COMMIT_TIMEOUT_SECONDS = 600.0
+
 # The spec's chunk range is `^[0-9]+-[0-9]+$`; RFC 9110's "bytes a-b/len" form is
 # accepted too, as some clients send it.
 _CONTENT_RANGE = re.compile(r"(?:bytes[ =])?([0-9]+)-([0-9]+)(?:/(?:[0-9]+|\*))?")
@@ -119,7 +121,12 @@ async def _complete(
     if request.body_exists:
         await _append(request, upload_id, offset)
     blob = await call(
-        backends.blob.CommitUpload(bl.CommitUploadRequest(upload_id=upload_id, digest=digest))
+        backends.blob.CommitUpload(
+            bl.CommitUploadRequest(upload_id=upload_id, digest=digest),
+            # After a blob_svc restart a commit re-hashes the stored bytes (about 1 GB/s),
+            # which for a multi-GiB blob outlasts the default unary deadline.
+            timeout=COMMIT_TIMEOUT_SECONDS,
+        )
     )
     await call(
         backends.metadata.LinkBlob(

@@ -150,9 +150,14 @@ class AuthorizeRequest(_message.Message):
     PRINCIPAL_FIELD_NUMBER: _builtins.int
     REPOSITORY_FIELD_NUMBER: _builtins.int
     ACTIONS_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
     principal: _builtins.str
     """A principal, or "allUsers" for an anonymous caller."""
     repository: _builtins.str
+    key_id: _builtins.str
+    """The service-account key the principal authenticated with: a deleted or disabled key
+    is granted nothing, so a token issued for it stops working at once.
+    """
     @_builtins.property
     def actions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Any of "pull", "push", "delete", "manage"."""
@@ -163,10 +168,11 @@ class AuthorizeRequest(_message.Message):
         principal: _builtins.str = ...,
         repository: _builtins.str = ...,
         actions: _abc.Iterable[_builtins.str] | None = ...,
+        key_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "principal", b"principal", "repository", b"repository"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "key_id", b"key_id", "principal", b"principal", "repository", b"repository"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,18 +229,15 @@ class CheckPrincipalResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ACTIVE_FIELD_NUMBER: _builtins.int
-    POLICY_VERSION_FIELD_NUMBER: _builtins.int
     active: _builtins.bool
-    policy_version: _builtins.int
     def __init__(
         self,
         *,
         active: _builtins.bool = ...,
-        policy_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "policy_version", b"policy_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -180,17 +180,18 @@ class IamServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Authorize(self, request, context):
-        """Of `actions` on `repository`, those `principal` may do. Never fails for a repository
-        that does not exist: the answer is computed from the scopes above it, so it cannot
-        tell whether the repository or its project exists.
+        """Of `actions` on `repository`, those `principal` may do (nothing for a principal or key
+        that is deleted or disabled). Never fails for a repository that does not exist: the
+        answer is computed from the scopes above it, so it cannot tell whether the repository
+        or its project exists.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CheckPrincipal(self, request, context):
-        """Whether `principal` still exists and is enabled (users, service accounts and the key a
-        token was issued for), for checks of tokens issued earlier.
+        """Whether `principal` (and, when given, its key) still exists and is enabled; used when
+        a refresh token is exchanged, long after the password or key was checked.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -62,13 +62,14 @@ class IamServiceStub:
     principal are refused with TOOMANYREQUESTS for a while.
     """
     Authorize: _grpc.UnaryUnaryMultiCallable[_iam_pb2.AuthorizeRequest, _iam_pb2.AuthorizeResponse]
-    """Of `actions` on `repository`, those `principal` may do. Never fails for a repository
-    that does not exist: the answer is computed from the scopes above it, so it cannot
-    tell whether the repository or its project exists.
+    """Of `actions` on `repository`, those `principal` may do (nothing for a principal or key
+    that is deleted or disabled). Never fails for a repository that does not exist: the
+    answer is computed from the scopes above it, so it cannot tell whether the repository
+    or its project exists.
     """
     CheckPrincipal: _grpc.UnaryUnaryMultiCallable[_iam_pb2.CheckPrincipalRequest, _iam_pb2.CheckPrincipalResponse]
-    """Whether `principal` still exists and is enabled (users, service accounts and the key a
-    token was issued for), for checks of tokens issued earlier.
+    """Whether `principal` (and, when given, its key) still exists and is enabled; used when
+    a refresh token is exchanged, long after the password or key was checked.
     """
     WatchPolicy: _grpc.UnaryStreamMultiCallable[_iam_pb2.WatchPolicyRequest, _iam_pb2.PolicyVersion]
     """Streams the policy version now and each time it changes (any IAM change bumps it);
@@ -119,13 +120,14 @@ class IamServiceAsyncStub(IamServiceStub):
     principal are refused with TOOMANYREQUESTS for a while.
     """
     Authorize: _aio.UnaryUnaryMultiCallable[_iam_pb2.AuthorizeRequest, _iam_pb2.AuthorizeResponse]  # type: ignore[assignment]
-    """Of `actions` on `repository`, those `principal` may do. Never fails for a repository
-    that does not exist: the answer is computed from the scopes above it, so it cannot
-    tell whether the repository or its project exists.
+    """Of `actions` on `repository`, those `principal` may do (nothing for a principal or key
+    that is deleted or disabled). Never fails for a repository that does not exist: the
+    answer is computed from the scopes above it, so it cannot tell whether the repository
+    or its project exists.
     """
     CheckPrincipal: _aio.UnaryUnaryMultiCallable[_iam_pb2.CheckPrincipalRequest, _iam_pb2.CheckPrincipalResponse]  # type: ignore[assignment]
-    """Whether `principal` still exists and is enabled (users, service accounts and the key a
-    token was issued for), for checks of tokens issued earlier.
+    """Whether `principal` (and, when given, its key) still exists and is enabled; used when
+    a refresh token is exchanged, long after the password or key was checked.
     """
     WatchPolicy: _aio.UnaryStreamMultiCallable[_iam_pb2.WatchPolicyRequest, _iam_pb2.PolicyVersion]  # type: ignore[assignment]
     """Streams the policy version now and each time it changes (any IAM change bumps it);
@@ -185,9 +187,10 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_pb2.AuthorizeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_pb2.AuthorizeResponse, _abc.Awaitable[_iam_pb2.AuthorizeResponse]]:
-        """Of `actions` on `repository`, those `principal` may do. Never fails for a repository
-        that does not exist: the answer is computed from the scopes above it, so it cannot
-        tell whether the repository or its project exists.
+        """Of `actions` on `repository`, those `principal` may do (nothing for a principal or key
+        that is deleted or disabled). Never fails for a repository that does not exist: the
+        answer is computed from the scopes above it, so it cannot tell whether the repository
+        or its project exists.
         """
 
     @_abc_1.abstractmethod
@@ -196,8 +199,8 @@ class IamServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _iam_pb2.CheckPrincipalRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_iam_pb2.CheckPrincipalResponse, _abc.Awaitable[_iam_pb2.CheckPrincipalResponse]]:
-        """Whether `principal` still exists and is enabled (users, service accounts and the key a
-        token was issued for), for checks of tokens issued earlier.
+        """Whether `principal` (and, when given, its key) still exists and is enabled; used when
+        a refresh token is exchanged, long after the password or key was checked.
         """
 
     @_abc_1.abstractmethod
