@@ -201,8 +201,9 @@ class OsvDatabase:
         """The (record, affected entry) pairs naming this package in this ecosystem.
 
         `ecosystem` may carry a release (`Debian:12`): then only entries of that release,
-        and entries without a release, are returned. Without a release every entry of the
-        ecosystem is returned.
+        and entries without a release, are returned; a release qualified further in the
+        record (osv.dev's `Ubuntu:22.04:LTS`) counts as that release (`Ubuntu:22.04`).
+        Without a release every entry of the ecosystem is returned.
         """
         if self._index is None:
             self._index = self._build_index()
@@ -210,7 +211,7 @@ class OsvDatabase:
         found = self._index.get((base, normalize_name(base, package)), [])
         if not release:
             return list(found)
-        return [(r, a) for r, a in found if a.release in ("", release)]
+        return [(r, a) for r, a in found if _same_release(a.release, release)]
 
     def affected(self, ecosystem: str, package: str, version: str) -> list[Match]:
         """Every record affecting `version` of `package` in `ecosystem` (see `candidates` for
@@ -272,6 +273,10 @@ class OsvDatabase:
         db.add(_row_record(row) for row in records.to_pylist())
         db._sources = [Source(**row) for row in sources.to_pylist()]
         return db
+
+
+def _same_release(entry_release: str, release: str) -> bool:
+    return entry_release in ("", release) or entry_release.startswith(release + ":")
 
 
 def _resolve(path: str, filesystem: pafs.FileSystem | None) -> tuple[pafs.FileSystem, str]:

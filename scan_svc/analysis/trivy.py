@@ -129,17 +129,16 @@ class TrivyReport:
 
 def _ecosystem(result_type: str, os_info: OSInfo | None, result_class: str) -> str:
     base = _ECOSYSTEMS.get(result_type, result_type)
-    if result_class == "os-pkgs" and os_info is not None:
-        scoped = os_ecosystem(OSInfo(os_info.family, _release(os_info)))
-        if scoped.partition(":")[0].lower() == base.lower():
-            return scoped
-        return f"{base}:{_release(os_info)}" if _release(os_info) else base
-    return base
+    if result_class != "os-pkgs" or os_info is None or not os_info.version_id:
+        return base
+    if base in ("Debian", "Ubuntu", "Alpine"):
+        return os_ecosystem(OSInfo(base.lower(), _release(os_info)))
+    return f"{base}:{os_info.version_id}"
 
 
 def _release(os_info: OSInfo) -> str:
-    """The release a distribution's advisories are scoped by: Debian's major version, the
-    full version elsewhere (os_ecosystem cuts Alpine's to major.minor itself)."""
+    """Trivy names Debian by its point release (`10.1`, from /etc/debian_version); Debian's
+    advisories are scoped by the major version. os_ecosystem cuts Alpine's itself."""
     if os_info.family == "debian":
         return os_info.version_id.split(".")[0]
     return os_info.version_id

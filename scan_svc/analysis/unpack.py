@@ -72,7 +72,8 @@ class Layer:
     """One layer blob: a file path or a binary file object, and its digest.
 
     When `digest` is empty the unpacker computes the sha256 of the blob's bytes as read
-    (the digest a registry knows the layer by). A file object is read, not closed.
+    (the digest a registry knows the layer by); a given digest is trusted, not verified (the
+    registry verified it on push). A file object is read, not closed.
     """
 
     source: str | os.PathLike[str] | BinaryIO
@@ -285,6 +286,11 @@ class _Unpacker:
         # Paths (and their ancestors) this layer put on disk or in the symlink table:
         # whiteouts of the same layer must not remove them.
         self.current: set[str] = set()
+        # Every directory above an extracted file or a symlink ever recorded. The disk holds
+        # nothing but `origin`'s files and these directories, so a path in neither has
+        # nothing to remove: most entries of a layer cost no system call and no table scan.
+        # Entries may be stale (their tree was removed since); that only costs a check.
+        self.containers: set[str] = set()
         self.digest = ""
 
     # -- on-disk helpers ----------------------------------------------------------------
@@ -296,21 +302,31 @@ class _Unpacker:
         for i in range(1, len(parts) + 1):
             self.current.add("/".join(parts[:i]))
 
-    def _forget(self, path: str) -> None:
-        """Drop table entries for `path` and everything under it."""
-        prefix = path + "/"
-        for table in (self.fs.symlinks, self.fs.origin):
-            for key in [k for k in table if k == path or k.startswith(prefix)]:
-                del table[key]
+    def _track(self, parts: list[str]) -> None:
+        for i in range(1, len(parts)):
+            self.containers.add("/".join(parts[:i]))
+
+    def _under(self, table: dict[str, str], path: str) -> list[str]:
+        """Keys of `table` strictly below `path` ("" is the root)."""
+        if path and path not in self.containers:
+            return []
+        prefix = path + "/" if path else ""
+        return [k for k in table if k.startswith(prefix)]
 
     def _remove(self, parts: list[str]) -> None:
         """Remove whatever is at `parts`: on disk (file or tree) and in the tables."""
-        disk = self._disk(parts)
-        if disk.is_dir() and not disk.is_symlink():
-            shutil.rmtree(disk)
-        elif disk.exists() or disk.is_symlink():
-            disk.unlink()
-        self._forget("/".join(parts))
+        path = "/".join(parts)
+        if path in self.fs.origin:
+            self._disk(parts).unlink(missing_ok=True)
+            del self.fs.origin[path]
+        elif path in self.containers:
+            disk = self._disk(parts)
+            if disk.is_dir():
+                shutil.rmtree(disk)
+        self.fs.symlinks.pop(path, None)
+        for table in (self.fs.symlinks, self.fs.origin):
+            for key in self._under(table, path):
+                del table[key]
 
     def _remove_lower(self, parts: list[str]) -> None:
         """Whiteout semantics: remove what lower layers left at `parts`, keep this layer's."""
@@ -318,24 +334,30 @@ class _Unpacker:
         if path not in self.current:
             self._remove(parts)
             return
+        self._remove_lower_children(parts)
+
+    def _remove_lower_children(self, parts: list[str]) -> None:
+        """Apply `_remove_lower` to everything below the directory `parts`."""
+        path = "/".join(parts)
+        if path and path not in self.containers:
+            return
         disk = self._disk(parts)
-        if disk.is_dir() and not disk.is_symlink():
+        if disk.is_dir():
             for child in sorted(os.listdir(disk)):
                 self._remove_lower([*parts, child])
-        prefix = path + "/"
-        for key in [k for k in self.fs.symlinks if k.startswith(prefix)]:
+        for key in self._under(self.fs.symlinks, path):
             if key not in self.current:
                 del self.fs.symlinks[key]
 
     def _make_parents(self, parts: list[str]) -> None:
-        """Create the directories above `parts`, replacing files that stand in the way."""
+        """Create the directories above `parts`, replacing files that stand in the way.
+        No symlink exists on disk, so creating an existing directory again is harmless."""
         for i in range(1, len(parts)):
-            disk = self._disk(parts[:i])
-            if disk.is_dir() and not disk.is_symlink():
-                continue
-            if disk.exists() or disk.is_symlink():
-                self._remove(parts[:i])
-            disk.mkdir(mode=0o755)
+            prefix = parts[:i]
+            if "/".join(prefix) in self.fs.origin:
+                self._remove(prefix)
+            self._disk(prefix).mkdir(mode=0o755, exist_ok=True)
+            self.containers.add("/".join(prefix))
 
     def _write(self, parts: list[str], chunks: Iterable[bytes]) -> None:
         self._remove(parts)
@@ -345,8 +367,7 @@ class _Unpacker:
         with os.fdopen(fd, "wb") as out:
             for chunk in chunks:
                 out.write(chunk)
-        path = "/".join(parts)
-        self.fs.origin[path] = self.digest
+        self.fs.origin["/".join(parts)] = self.digest
         self._mark_current(parts)
 
     # -- entries ----------------------------------------------------------------------------
@@ -391,20 +412,12 @@ class _Unpacker:
 
     def _opaque(self, dir_parts: list[str]) -> None:
         real = _resolve(self.fs.symlinks, dir_parts, follow_last=True)
-        disk = self._disk(real)
-        if disk.is_dir() and not disk.is_symlink():
-            for child in sorted(os.listdir(disk)):
-                self._remove_lower([*real, child])
-        prefix = "/".join(real) + "/" if real else ""
-        for key in [k for k in self.fs.symlinks if k.startswith(prefix)]:
-            if key not in self.current:
-                del self.fs.symlinks[key]
+        self._remove_lower_children(real)
         self._mark_current(real)
 
     def _directory(self, real: list[str]) -> None:
         path = "/".join(real)
-        disk = self._disk(real)
-        if path in self.fs.symlinks or (disk.exists() and not disk.is_dir()):
+        if path in self.fs.symlinks or path in self.fs.origin:
             self._remove(real)
         self._mark_current(real)
 
@@ -421,6 +434,7 @@ class _Unpacker:
             # A loop today may be broken by a later layer; keep the link like tar would.
         self._remove(real)
         self.fs.symlinks["/".join(real)] = target
+        self._track(real)
         self._mark_current(real)
 
     def _hardlink(self, member: tarfile.TarInfo, real: list[str]) -> None:
@@ -438,6 +452,7 @@ class _Unpacker:
         if target_path in self.fs.symlinks:
             self._remove(real)
             self.fs.symlinks["/".join(real)] = self.fs.symlinks[target_path]
+            self._track(real)
             self._mark_current(real)
             return
         if target_path not in self.fs.origin:

@@ -273,3 +273,33 @@ def test_range_evaluation_rules() -> None:
     # Ecosystems without an ordering only match their versions list.
     other = _entry(("introduced", "0"), versions=("7",), eco="Maven")
     assert evaluate("7", other).affected and not evaluate("8", other).affected
+
+
+def test_qualified_releases_and_unscoped_entries(tmp_path: Path) -> None:
+    def record(rid: str, ecosystem: str) -> dict[str, Any]:
+        events = [{"introduced": "0"}, {"fixed": "2.0-1"}]
+        return {
+            "id": rid,
+            "modified": "2026-01-01T00:00:00Z",
+            "affected": [
+                {
+                    "package": {"ecosystem": ecosystem, "name": "zlib"},
+                    "ranges": [{"type": "ECOSYSTEM", "events": events}],
+                }
+            ],
+        }
+
+    records = [
+        record("UBUNTU-1", "Ubuntu:22.04:LTS"),
+        record("UBUNTU-2", "Ubuntu:Pro:22.04:LTS"),
+        record("UBUNTU-3", "Ubuntu:24.04:LTS"),
+        record("ANY-1", "Ubuntu"),
+    ]
+    (tmp_path / "r.json").write_text(json.dumps(records))
+    db = OsvDatabase.from_paths(tmp_path)
+    assert [rid for rid, _ in _matches(db, "Ubuntu:22.04", "zlib", "1.0-1")] == [
+        "ANY-1",
+        "UBUNTU-1",
+    ]
+    assert len(_matches(db, "Ubuntu", "zlib", "1.0-1")) == 4
+    assert _matches(db, "Ubuntu:22.04", "zlib", "2.0-1") == []
