@@ -92,6 +92,18 @@ def test_all_zip_import_equals_folder_import(tmp_path: Path) -> None:
         assert _matches(from_zip, *query) == _matches(from_json, *query)
 
 
+def test_pypa_yaml_folder_import() -> None:
+    db = OsvDatabase.from_paths(OSV / "pypi" / "pypa-yaml", imported_at=WHEN)
+    assert len(db) == 14 and len(db.sources) == 14
+    assert {s.kind for s in db.sources} == {"yaml"}
+    assert dict(_matches(db, "PyPI", "cryptography", "38.0.4")) == {
+        "PYSEC-2023-11": "39.0.1",
+        "PYSEC-2023-254": "41.0.6",
+    }
+    # pypa lists branch fixes out of order (2.0.6 after 1.26.17): the lowest fix above wins.
+    assert dict(_matches(db, "PyPI", "urllib3", "1.26.12"))["PYSEC-2023-192"] == "1.26.17"
+
+
 def test_yaml_and_json_forms_of_a_record_agree() -> None:
     for rid, package in (("PYSEC-2023-74", "requests"), ("PYSEC-2020-148", "urllib3")):
         from_yaml = read_file(OSV / "pypi" / "pypa-yaml" / package / f"{rid}.yaml").records[0]
