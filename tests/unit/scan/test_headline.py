@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import semver
-import yaml  # type: ignore[import-untyped]
+import yaml
 from packaging.version import InvalidVersion, Version
 
 from scan_svc.analysis import Layer, Options, OsvDatabase, Report, analyze
