@@ -2,23 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 
 from artifactstore.config import Settings
+from gateway.auth import GATEKEEPER, Gatekeeper, auth_middleware, policy_watch
 from gateway.clients import connect
 from gateway.errors import error_middleware
 from gateway.keys import CLIENTS, SETTINGS
 from gateway.responses import API_VERSION
 from gateway.routes import setup_routes
+from gateway.tokens import TokenIssuer, load_or_create_key
 from gateway.tracing import tracing_middleware
 
 
 async def _backends(app: web.Application) -> AsyncIterator[None]:
-    async with connect(app[SETTINGS]) as backends:
+    settings = app[SETTINGS]
+    async with connect(settings) as backends:
         app[CLIENTS] = backends
-        yield
+        key = await asyncio.to_thread(load_or_create_key, settings.token_key_file)
+        issuer = TokenIssuer(key, settings.token_service)
+        app[GATEKEEPER] = keeper = Gatekeeper(backends.iam, issuer, settings.token_realm)
+        async with policy_watch(keeper):
+            yield
 
 
 async def _api_version(request: web.Request, response: web.StreamResponse) -> None:
@@ -28,15 +36,17 @@ async def _api_version(request: web.Request, response: web.StreamResponse) -> No
 
 def create_app(settings: Settings) -> web.Application:
     """The gateway application: the API's routes, one SERVER span per request, errors as
-    the spec's JSON bodies, and channels to metadata_svc and blob_svc opened on startup
-    and closed on cleanup.
+    the spec's JSON bodies, every request authenticated and authorised, and channels to
+    metadata_svc, blob_svc and IAM opened on startup and closed on cleanup.
 
     Request bodies are streamed by the handlers, so aiohttp's `client_max_size` (which
     bounds only whole-body reads) never applies to blobs.
     """
-    app = web.Application(middlewares=[tracing_middleware, error_middleware])
+    app = web.Application()
+    requirements = setup_routes(app)
+    # Outermost first: the span covers everything; errors from access checks get bodies.
+    app.middlewares.extend([tracing_middleware, error_middleware, auth_middleware(requirements)])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_backends)
     app.on_response_prepare.append(_api_version)
-    setup_routes(app)
     return app

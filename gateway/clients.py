@@ -16,10 +16,12 @@ from artifactstore import rpc
 from artifactstore.blob.v1 import blob_pb2, blob_pb2_grpc
 from artifactstore.config import Settings
 from artifactstore.errors import RegistryError
+from artifactstore.iam.v1 import iam_pb2_grpc
 from artifactstore.metadata.v1 import metadata_pb2_grpc
 
 if TYPE_CHECKING:
     from artifactstore.blob.v1.blob_pb2_grpc import BlobServiceAsyncStub
+    from artifactstore.iam.v1.iam_pb2_grpc import IamServiceAsyncStub
     from artifactstore.metadata.v1.metadata_pb2_grpc import MetadataServiceAsyncStub
 
 
@@ -35,6 +37,9 @@ class Clients:
 
     metadata: MetadataServiceAsyncStub
     blob: BlobServiceAsyncStub
+    # The authorisation service: metadata_svc's IamService unless ARTS_IAM_ADDRESS names
+    # another implementation of the same contract.
+    iam: IamServiceAsyncStub
 
     async def read_blob(self, digest: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """Yield the bytes [offset, offset+length) of a canonical blob (length 0: to the
@@ -76,18 +81,22 @@ class Clients:
 
 @contextlib.asynccontextmanager
 async def connect(settings: Settings) -> AsyncIterator[Clients]:
-    """Open the channels to metadata_svc and blob_svc for the life of the context.
+    """Open the channels to metadata_svc, blob_svc and the IAM service (one per distinct
+    address) for the life of the context.
 
     Channels connect lazily: a service that is not up yet only fails the calls made to
     it (UNAVAILABLE), never the gateway's start.
     """
-    metadata_channel = rpc.channel(settings.metadata_address)
-    blob_channel = rpc.channel(settings.blob_address)
+    channels = {
+        address: rpc.channel(address)
+        for address in (settings.metadata_address, settings.blob_address, settings.iam_address)
+    }
     try:
         yield Clients(
-            metadata=metadata_pb2_grpc.MetadataServiceStub(metadata_channel),
-            blob=blob_pb2_grpc.BlobServiceStub(blob_channel),
+            metadata=metadata_pb2_grpc.MetadataServiceStub(channels[settings.metadata_address]),
+            blob=blob_pb2_grpc.BlobServiceStub(channels[settings.blob_address]),
+            iam=iam_pb2_grpc.IamServiceStub(channels[settings.iam_address]),
         )
     finally:
-        await metadata_channel.close()
-        await blob_channel.close()
+        for channel in channels.values():
+            await channel.close()

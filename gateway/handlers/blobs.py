@@ -16,7 +16,7 @@ from aiohttp import hdrs, web
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
-from gateway import params
+from gateway import audit, params
 from gateway.errors import EdgeError
 from gateway.keys import clients
 from gateway.responses import CONTENT_DIGEST
@@ -135,4 +135,5 @@ async def delete_blob(request: web.Request) -> web.Response:
     await call(
         clients(request).metadata.UnlinkBlob(md.UnlinkBlobRequest(repository=name, digest=digest))
     )
+    await audit.record(request, "blob.delete", name, digest=digest)
     return web.Response(status=202, headers={CONTENT_DIGEST: digest})

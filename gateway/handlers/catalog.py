@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from artifactstore.access import PULL
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
+from gateway.auth import gatekeeper, identity
 from gateway.keys import clients
 from gateway.params import Page, page_response
 
@@ -22,4 +24,8 @@ async def list_repositories(request: web.Request) -> web.Response:
         )
     )
     names = list(found.repositories)
-    return page_response(request, page, {"repositories": names}, names, more=found.more)
+    # Only what the caller may pull is listed; paging still walks every name, so a page
+    # can hold fewer than `n` names and the Link goes on from the last name looked at.
+    keeper, who = gatekeeper(request), identity(request)
+    visible = [n for n in names if PULL in await keeper.allowed(who, n)]
+    return page_response(request, page, {"repositories": visible}, names, more=found.more)

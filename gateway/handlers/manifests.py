@@ -7,7 +7,7 @@ from aiohttp import hdrs, web
 
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
-from gateway import params
+from gateway import audit, params
 from gateway.bodies import read_manifest
 from gateway.keys import clients
 from gateway.responses import CONTENT_DIGEST, OCI_SUBJECT
@@ -66,9 +66,17 @@ async def put_manifest(request: web.Request) -> web.Response:
 async def delete_manifest(request: web.Request) -> web.Response:
     """By digest, delete the manifest and every tag on it; by tag, only the tag. 202."""
     name = params.repository(request)
-    await call(
+    deleted = await call(
         clients(request).metadata.DeleteManifest(
             md.DeleteManifestRequest(repository=name, reference=params.reference(request))
         )
+    )
+    await audit.record(
+        request,
+        "manifest.delete",
+        name,
+        reference=request.match_info["reference"],
+        digest=deleted.digest,
+        tags=",".join(deleted.removed_tags),
     )
     return web.Response(status=202)

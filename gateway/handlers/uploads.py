@@ -15,12 +15,14 @@ import re
 
 from aiohttp import hdrs, web
 
+from artifactstore.access import PULL
 from artifactstore.blob.v1 import blob_pb2 as bl
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.names import check_name
 from artifactstore.rpc import call
 from gateway import params
+from gateway.auth import gatekeeper, identity
 from gateway.bodies import BodyStream
 from gateway.keys import clients, settings
 from gateway.responses import CONTENT_DIGEST, UPLOAD_UUID
@@ -140,8 +142,12 @@ async def _complete(
 
 async def _mount(request: web.Request, name: str, digest: str, source: str) -> str | None:
     """Link the blob `source` has into `name` and return its digest, or None when the
-    blob cannot be mounted from there (the client then uploads it)."""
+    blob cannot be mounted from there (the client then uploads it): it is not there, or
+    the caller may not pull from `source` — the two look the same, so a mount never tells
+    whether a repository the caller cannot read holds a blob."""
     try:
+        if PULL not in await gatekeeper(request).allowed(identity(request), check_name(source)):
+            return None
         link = await call(
             clients(request).metadata.MountBlob(
                 md.MountBlobRequest(
