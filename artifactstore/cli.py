@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvloop
 
-from artifactstore import telemetry
+from artifactstore import iam_cli, telemetry
 from artifactstore.config import Settings
 
 # Service name on the command line → (module with `async def main(settings)`, service.name).
@@ -51,10 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     commands.add_parser("serve", help="run the whole mesh, each service a supervised process")
     for name, (_, service_name) in SERVICES.items():
         commands.add_parser(name, help=f"run {service_name} alone")
+    iam_cli.add_parsers(commands)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "serve":
         serve(settings)
+    elif args.command in {"iam", "audit"}:
+        sys.exit(iam_cli.run(settings, args))
     else:
         run_service(args.command, settings)
 

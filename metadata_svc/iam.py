@@ -441,8 +441,10 @@ class IamStore:
         return await self._change(caller, "iam.organization.delete", f"organization:{name}", fn)
 
     async def create_project(self, caller: Caller, org: str, name: str) -> dict[str, Any]:
-        """Create a project in an organization; project names are unique registry-wide."""
+        """Create a project in an organization (the default one when `org` is empty);
+        project names are unique registry-wide."""
         _check(_ORG_OR_PROJECT, name, "project name")
+        org = org or self.default_organization
         keys = self._keys
         record = {"name": name, "organization": org, "created_at": time.time()}
 
