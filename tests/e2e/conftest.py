@@ -3,6 +3,12 @@
 One `artifact-store serve` runs for the whole session (`registry`): its own data
 directory, a free loopback port, configuration through the environment only. Tests use
 repository names of their own (`unique_repo`) so they never see each other's content.
+
+Every instance has access control on: its initial administrator (`ADMIN_USER`, owner at
+the root scope) gets a random password through `ARTS_ADMIN_PASSWORD`, and the
+`Registry` helpers send it as Basic credentials unless told otherwise (`auth=None` for
+an anonymous request, `auth=(user, password)` for someone else). `Registry.cli` runs the
+`artifact-store` administration commands against the instance.
 `start_registry` starts further, separate instances (the crash test kills services of
 its own instance, not the shared one).
 
@@ -14,12 +20,15 @@ tests are the proof that real clients work, so they never skip.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import enum
 import hashlib
 import http.client
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -31,7 +40,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
 import pytest
@@ -65,6 +74,25 @@ SPEC_ERROR_CODES = frozenset(
     }
 )
 LEGACY_ERROR_CODES = frozenset({"TAG_INVALID", "MANIFEST_UNVERIFIED"})
+
+# The initial administrator every instance creates on its first start.
+ADMIN_USER = "admin"
+
+
+class AuthDefault(enum.Enum):
+    """The default of `auth=` arguments: the instance's administrator."""
+
+    ADMIN = "admin"
+
+
+ADMIN = AuthDefault.ADMIN
+# Who a request is from: the administrator, nobody (None), or (username, password).
+Auth = tuple[str, str] | None | Literal[AuthDefault.ADMIN]
+
+
+def basic_auth(username: str, password: str) -> str:
+    """An `Authorization` header value with Basic credentials."""
+    return "Basic " + base64.b64encode(f"{username}:{password}".encode()).decode()
 
 
 def check_oci_error(
@@ -159,6 +187,36 @@ class Registry:
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     # Extra environment for the mesh (e.g. telemetry settings).
     env: dict[str, str] = field(default_factory=dict)
+    # The initial administrator's password, set through ARTS_ADMIN_PASSWORD.
+    admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        """The administrator's (username, password)."""
+        return ADMIN_USER, self.admin_password
+
+    @property
+    def admin_authorization(self) -> str:
+        """The administrator's `Authorization` header value (Basic)."""
+        return basic_auth(*self.admin)
+
+    def authorization(self, auth: Auth) -> str | None:
+        """The `Authorization` header value for `auth` (None: send none)."""
+        if auth is ADMIN:
+            return self.admin_authorization
+        if auth is None:
+            return None
+        return basic_auth(*auth)
+
+    @property
+    def socket_dir(self) -> Path:
+        """Where the mesh's unix sockets are (`metadata.sock`, …)."""
+        return self.data_dir / "run"
+
+    @property
+    def token_key_file(self) -> Path:
+        """The PEM key (EC P-256) the gateway signs its tokens with."""
+        return self.data_dir / "keys" / "token-signing.pem"
 
     @property
     def host(self) -> str:
@@ -224,16 +282,22 @@ class Registry:
 
     # --- lifecycle -----------------------------------------------------------------
 
-    def start(self) -> None:
-        """Start `artifact-store serve` and wait until GET /v2/ answers 200."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = {
+    def process_env(self) -> dict[str, str]:
+        """The environment the mesh runs with (and the administration commands too)."""
+        return {
             **os.environ,
             "ARTS_DATA_DIR": str(self.data_dir),
             "ARTIFACT_STORE_ADDRESS": self.host,
+            "ARTS_ADMIN_USER": ADMIN_USER,
+            "ARTS_ADMIN_PASSWORD": self.admin_password,
             "PYTHONUNBUFFERED": "1",
             **self.env,
         }
+
+    def start(self) -> None:
+        """Start `artifact-store serve` and wait until GET /v2/ answers 200 (as admin)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        env = self.process_env()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [artifact_store_executable(), "serve"],
@@ -310,6 +374,41 @@ class Registry:
                 pids[service] = self.pid(service)
         return pids
 
+    # --- administration --------------------------------------------------------------
+
+    def cli(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `artifact-store ARGS…` with this instance's environment (which reaches the
+        mesh through the unix sockets under its data directory). With `check`, fail the
+        test on a non-zero exit, showing what the command said."""
+        cmd = [artifact_store_executable(), *args]
+        proc = subprocess.run(
+            cmd,
+            env=self.process_env(),
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            pytest.fail(
+                f"artifact-store {' '.join(args)}\nexited with {proc.returncode}\n"
+                f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}",
+                pytrace=False,
+            )
+        return proc
+
+    def iam(self, *args: str, input: str | None = None) -> str:
+        """`artifact-store iam ARGS…`; its stdout (the test fails if the command does)."""
+        return self.cli("iam", *args, input=input).stdout
+
+    def iam_json(self, *args: str) -> list[dict[str, Any]]:
+        """`artifact-store iam ARGS… --json`: its JSON lines, parsed."""
+        out = self.iam(*args, "--json")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
     # --- HTTP ----------------------------------------------------------------------
 
     def request(
@@ -319,23 +418,35 @@ class Registry:
         body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         timeout: float = 30.0,
+        auth: Auth = ADMIN,
     ) -> Response:
-        """One HTTP request to the registry (`path` may also be an absolute URL of it)."""
+        """One HTTP request to the registry (`path` may also be an absolute URL of it).
+
+        Sent as the administrator unless `auth` says otherwise (None: no credentials;
+        `(user, password)`: Basic credentials of someone else); an `Authorization` in
+        `headers` is sent as it is instead.
+        """
         target = urlsplit(urljoin(self.url + "/", path))
         assert target.netloc == self.host, f"{path} is not on {self.host}"
+        sent = dict(headers or {})
+        authorization = self.authorization(auth)
+        if authorization and not any(k.lower() == "authorization" for k in sent):
+            sent["Authorization"] = authorization
         conn = http.client.HTTPConnection(self.host, timeout=timeout)
         try:
             request_path = target.path + (f"?{target.query}" if target.query else "")
-            conn.request(method, request_path, body=body, headers=dict(headers or {}))
+            conn.request(method, request_path, body=body, headers=sent)
             resp = conn.getresponse()
             return Response(resp.status, resp.headers, resp.read())
         finally:
             conn.close()
 
-    def push_blob(self, repo: str, data: bytes, digest: str | None = None) -> str:
+    def push_blob(
+        self, repo: str, data: bytes, digest: str | None = None, auth: Auth = ADMIN
+    ) -> str:
         """Upload `data` to `repo` with POST then PUT; return its digest."""
         digest = digest or Blob("application/octet-stream", data).digest
-        r = self.request("POST", f"/v2/{repo}/blobs/uploads/")
+        r = self.request("POST", f"/v2/{repo}/blobs/uploads/", auth=auth)
         assert r.status == 202, f"POST upload: {r.status} {r.body!r}"
         location = r.header("Location")
         assert location, "POST upload answered no Location"
@@ -345,31 +456,37 @@ class Registry:
             f"{location}{sep}digest={digest}",
             body=data,
             headers={"Content-Type": "application/octet-stream"},
+            auth=auth,
         )
         assert r.status == 201, f"PUT upload of {digest}: {r.status} {r.body!r}"
         return digest
 
-    def put_manifest(self, repo: str, reference: str, manifest: Blob) -> Response:
+    def put_manifest(
+        self, repo: str, reference: str, manifest: Blob, auth: Auth = ADMIN
+    ) -> Response:
         """PUT a manifest under `reference` (tag or digest); assert 201."""
         r = self.request(
             "PUT",
             f"/v2/{repo}/manifests/{reference}",
             body=manifest.data,
             headers={"Content-Type": manifest.media_type},
+            auth=auth,
         )
         assert r.status == 201, f"PUT manifest {repo}:{reference}: {r.status} {r.body!r}"
         assert r.header("Docker-Content-Digest") == manifest.digest
         return r
 
-    def push_image(self, repo: str, content: Image | ImageIndex, tag: str) -> str:
+    def push_image(
+        self, repo: str, content: Image | ImageIndex, tag: str, auth: Auth = ADMIN
+    ) -> str:
         """Push every blob and manifest of `content` over raw HTTP; return its digest."""
         images = content.images if isinstance(content, ImageIndex) else (content,)
         for img in images:
             for blob in img.blobs:
-                self.push_blob(repo, blob.data, blob.digest)
+                self.push_blob(repo, blob.data, blob.digest, auth=auth)
             if isinstance(content, ImageIndex):
-                self.put_manifest(repo, img.digest, img.manifest)
-        self.put_manifest(repo, tag, content.manifest)
+                self.put_manifest(repo, img.digest, img.manifest, auth=auth)
+        self.put_manifest(repo, tag, content.manifest, auth=auth)
         return content.digest
 
 
@@ -387,7 +504,7 @@ def _alive(pid: int) -> bool:
 
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
-    """The one `artifact-store serve` of the session, ready to answer."""
+    """The one `artifact-store serve` of the session, ready to answer (as its admin)."""
     base = tmp_path_factory.mktemp("registry")
     reg = Registry(data_dir=base / "data", port=free_port(), log_path=base / "serve.log")
     try:
@@ -466,7 +583,8 @@ class ClientConfig:
 
     @property
     def auth_file(self) -> Path:
-        """An empty auth file: no credentials from this machine."""
+        """The test's auth file: empty at first, so no credentials of this machine are
+        used; `podman login` / `skopeo login --authfile` write into it."""
         return self.root / "auth.json"
 
     @property
@@ -496,11 +614,24 @@ class Tool:
     prefix: list[str]
     env: dict[str, str]
 
-    def run(self, *args: str, check: bool = True, timeout: float = CLIENT_TIMEOUT) -> str:
-        """Run the tool; return stdout. With `check`, fail the test on a non-zero exit."""
+    def run(
+        self,
+        *args: str,
+        check: bool = True,
+        timeout: float = CLIENT_TIMEOUT,
+        input: str | None = None,
+    ) -> str:
+        """Run the tool (`input` on its stdin); return stdout. With `check`, fail the test
+        on a non-zero exit."""
         cmd = [*self.prefix, *args]
         proc = subprocess.run(
-            cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+            cmd,
+            env=self.env,
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and proc.returncode != 0:
             pytest.fail(
@@ -511,12 +642,13 @@ class Tool:
         return proc.stdout
 
     def result(
-        self, *args: str, timeout: float = CLIENT_TIMEOUT
+        self, *args: str, timeout: float = CLIENT_TIMEOUT, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run the tool and return the completed process, whatever its exit code."""
         return subprocess.run(
             [*self.prefix, *args],
             env=self.env,
+            input=input,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -3,7 +3,9 @@ end-14) and the bad input a registry meets, each answer checked for its exact st
 its error code in the spec's JSON error body, and the store checked to be as it was.
 
 The requests are made with aiohttp, or with a raw socket where a test must misbehave at
-the transport level (a body cut short, a connection dropped in the middle of a chunk).
+the transport level (a body cut short, a connection dropped in the middle of a chunk);
+both send the registry administrator's Basic credentials (access control itself is
+tested in test_access.py).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Client:
         self.registry = registry
         self.base = registry.url
         self.check_error = oci_error
+        # Every request is the administrator's unless it sends an Authorization itself.
+        self.authorization: str = registry.admin_authorization
 
     def url(self, path_or_url: str) -> URL:
         """An absolute URL of the registry (Location headers may be relative)."""
@@ -74,9 +78,10 @@ class Client:
         data: bytes | None = None,
         headers: dict[str, str] | None = None,
     ) -> Resp:
-        """Send one request and read the whole answer."""
+        """Send one request (as the administrator) and read the whole answer."""
+        sent = {"Authorization": self.authorization, **(headers or {})}
         async with self.session.request(
-            method, self.url(path), data=data, headers=headers or {}, allow_redirects=True
+            method, self.url(path), data=data, headers=sent, allow_redirects=True
         ) as r:
             return Resp(r.status, r.headers, await r.read())
 
@@ -389,6 +394,7 @@ async def test_interrupted_chunk_is_resumed_from_status(api, registry, unique_re
     path = target.raw_path_qs
     head = (
         f"PATCH {path} HTTP/1.1\r\nHost: {registry.host}\r\n"
+        f"Authorization: {registry.admin_authorization}\r\n"
         f"Content-Type: {OCTET}\r\nContent-Length: {len(chunk)}\r\n"
         f"Content-Range: {first}-{first + len(chunk) - 1}\r\n\r\n"
     )
@@ -520,6 +526,7 @@ async def test_truncated_body_is_not_stored(api, registry, unique_repo):
     target = api.url(with_digest(location, digest))
     head = (
         f"PUT {target.raw_path_qs} HTTP/1.1\r\nHost: {registry.host}\r\n"
+        f"Authorization: {registry.admin_authorization}\r\n"
         f"Content-Type: {OCTET}\r\nContent-Length: {len(data)}\r\nConnection: close\r\n\r\n"
     )
     answer = await raw_exchange(registry.host, head, data[:120_000], half_close=True)

@@ -110,6 +110,7 @@ def _patch_killing_midway(reg, location: str, data: bytes, start: int, victim: i
     path = target.path + (f"?{target.query}" if target.query else "")
     head = (
         f"PATCH {path} HTTP/1.1\r\nHost: {reg.host}\r\nConnection: close\r\n"
+        f"Authorization: {reg.admin_authorization}\r\n"
         "Content-Type: application/octet-stream\r\n"
         f"Content-Length: {len(data)}\r\nContent-Range: {start}-{start + len(data) - 1}\r\n\r\n"
     )

@@ -24,12 +24,25 @@ def _inspect(podman, ref: str) -> dict:
 
 
 def test_push_pull_round_trip(registry, podman, client_config, tmp_path: Path, unique_repo):
-    """Pull from an oci: layout (no network), tag, push, remove, pull back, compare."""
+    """Sign in with `podman login` as the administrator; pull from an oci: layout (no
+    network), tag, push, remove, pull back, compare."""
     image = build_image(seed=505, layers=3)
     src = write_layout(tmp_path / "src", image, tag="v1")
     repo = unique_repo("podman")
     remote = f"{registry.host}/{repo}:v1"
     auth = ["--authfile", str(client_config.auth_file)]
+    user, password = registry.admin
+    out = podman.run(
+        "login",
+        "--tls-verify=false",
+        *auth,
+        "-u",
+        user,
+        "--password-stdin",
+        registry.host,
+        input=password,
+    )
+    assert "Login Succeeded" in out, out
 
     image_id = podman.run("pull", "-q", f"oci:{src}:v1").strip()
     assert image_id == image.config.digest.removeprefix("sha256:")

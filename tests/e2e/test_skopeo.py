@@ -1,13 +1,17 @@
 """skopeo against the registry: images in, images out, byte for byte.
 
 Every copy uses `--preserve-digests`, so skopeo fails rather than silently converting a
-manifest; what comes back out must be the very bytes that went in.
+manifest; what comes back out must be the very bytes that went in. Each test first signs
+in as the registry's administrator the way a user does, `skopeo login` into the test's
+auth file, which every command then reads.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+import pytest
 
 from tests.e2e.images import (
     DOCKER_MANIFEST,
@@ -20,6 +24,26 @@ from tests.e2e.images import (
     write_dir,
     write_layout,
 )
+
+
+@pytest.fixture(autouse=True)
+def logged_in(registry, skopeo, client_config) -> None:
+    """`skopeo login` as the administrator, into this test's auth file."""
+    user, password = registry.admin
+    out = skopeo.run(
+        "login",
+        "--tls-verify=false",
+        "--authfile",
+        str(client_config.auth_file),
+        "--username",
+        user,
+        "--password-stdin",
+        registry.host,
+        input=password,
+    )
+    assert "Login Succeeded" in out, out
+    auths = json.loads(client_config.auth_file.read_text())["auths"]
+    assert registry.host in auths, auths
 
 
 def _raw(skopeo, client_config, ref: str) -> bytes:
