@@ -40,6 +40,7 @@ class Settings:
     scan_address: str
     gc_address: str
     upload_chunk_bytes: int
+    rpc_timeout_seconds: float
     metadata_directory: str
     iam_address: str
     admin_user: str
@@ -78,6 +79,7 @@ class Settings:
             scan_address=e.get("ARTS_SCAN_ADDRESS", f"unix:{run / 'scan.sock'}"),
             gc_address=e.get("ARTS_GC_ADDRESS", f"unix:{run / 'gc.sock'}"),
             upload_chunk_bytes=int(e.get("ARTS_UPLOAD_CHUNK_BYTES", str(1024 * 1024))),
+            rpc_timeout_seconds=float(e.get("ARTS_RPC_TIMEOUT_SECS", "10")),
             metadata_directory=e.get("ARTS_METADATA_DIRECTORY", "topaz"),
             iam_address=e.get("ARTS_IAM_ADDRESS", "") or metadata_address,
             admin_user=e.get("ARTS_ADMIN_USER", "admin"),

@@ -173,8 +173,9 @@ async def serve(
         await on_stop()
 
 
-# Unary calls that take longer than this fail with DEADLINE_EXCEEDED instead of hanging.
-UNARY_TIMEOUT_SECONDS = 30.0
+# Unary calls that take longer than this (a service down for good, say) fail with
+# DEADLINE_EXCEEDED instead of hanging; a restarting service is back well within it.
+UNARY_TIMEOUT_SECONDS = 10.0
 
 
 def _patient(
@@ -194,8 +195,11 @@ def _patient(
 class _PatientUnary(grpc.aio.UnaryUnaryClientInterceptor):
     """Unary calls wait for their service and carry a default deadline."""
 
+    def __init__(self, timeout: float) -> None:
+        self._timeout = timeout
+
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_patient(details, UNARY_TIMEOUT_SECONDS), request)
+        return await continuation(_patient(details, self._timeout), request)
 
 
 class _PatientStreams(grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamUnaryClientInterceptor):
@@ -208,17 +212,17 @@ class _PatientStreams(grpc.aio.UnaryStreamClientInterceptor, grpc.aio.StreamUnar
         return await continuation(_patient(details, None), requests)
 
 
-def channel(address: str) -> grpc.aio.Channel:
+def channel(address: str, *, unary_timeout: float = UNARY_TIMEOUT_SECONDS) -> grpc.aio.Channel:
     """An insecure channel to a mesh service, traced, with the mesh's message limits.
 
-    Calls wait for a service that is starting or restarting (up to the unary deadline)
-    rather than failing at once. Create one channel per address and process and reuse it:
-    channels multiplex calls.
+    Calls wait for a service that is starting or restarting (unary calls up to
+    `unary_timeout` seconds) rather than failing at once. Create one channel per address
+    and process and reuse it: channels multiplex calls.
     """
     return grpc.aio.insecure_channel(
         address,
         options=CHANNEL_OPTIONS,
-        interceptors=[*aio_client_interceptors(), _PatientUnary(), _PatientStreams()],
+        interceptors=[*aio_client_interceptors(), _PatientUnary(unary_timeout), _PatientStreams()],
     )
 
 

@@ -88,7 +88,7 @@ async def connect(settings: Settings) -> AsyncIterator[Clients]:
     it (UNAVAILABLE), never the gateway's start.
     """
     channels = {
-        address: rpc.channel(address)
+        address: rpc.channel(address, unary_timeout=settings.rpc_timeout_seconds)
         for address in (settings.metadata_address, settings.blob_address, settings.iam_address)
     }
     try:

@@ -16,6 +16,11 @@ ARTIFACT_STORE_DIRECTORY. The first element numbers the area; numbers are never 
     (11, repo, manifest, tag)           → ''   reverse of (4): the tags of a manifest
     (12, repo, child, parent)           → ''   reverse of (7): the indexes naming a manifest
     (13, repo, blob, manifest)          → ''   reverse of (6): the manifests naming a blob
+    (20, queue, available at µs, task)  → ''   a queue's tasks by when they may be leased
+    (21, queue, task)                   → task record (JSON)
+    (22, queue, dedup key)              → task id: a task not yet done for this key
+    (23, queue, task)                   → parked task (JSON): failed too often
+    (24, queue, counter)                → atomic int64 LE: "pending", "parked"
 
 The platform's IAM data lives in its own directory, ARTS_METADATA_DIRECTORY:
 
@@ -64,6 +69,11 @@ class Area(enum.IntEnum):
     TAG_OF_MANIFEST = 11
     PARENT_OF_MANIFEST = 12
     MANIFEST_OF_BLOB = 13
+    QUEUE_READY = 20
+    QUEUE_TASK = 21
+    QUEUE_DEDUP = 22
+    QUEUE_PARKED = 23
+    QUEUE_COUNTER = 24
 
 
 # Leaves headroom under the 100,000-byte value limit.
@@ -148,6 +158,27 @@ class Keyspace:
 
     def manifests_of_blob(self, repo: str, blob: str) -> Subspace:
         return self.root.subspace((Area.MANIFEST_OF_BLOB, repo, blob))
+
+    def queue_ready(self, queue: str, available_us: int, task: str) -> bytes:
+        return self.root.pack((Area.QUEUE_READY, queue, available_us, task))
+
+    def queue_ready_all(self, queue: str) -> Subspace:
+        return self.root.subspace((Area.QUEUE_READY, queue))
+
+    def queue_task(self, queue: str, task: str) -> bytes:
+        return self.root.pack((Area.QUEUE_TASK, queue, task))
+
+    def queue_dedup(self, queue: str, dedup_key: str) -> bytes:
+        return self.root.pack((Area.QUEUE_DEDUP, queue, dedup_key))
+
+    def queue_parked(self, queue: str, task: str) -> bytes:
+        return self.root.pack((Area.QUEUE_PARKED, queue, task))
+
+    def queue_parked_all(self, queue: str) -> Subspace:
+        return self.root.subspace((Area.QUEUE_PARKED, queue))
+
+    def queue_counter(self, queue: str, counter: str) -> bytes:
+        return self.root.pack((Area.QUEUE_COUNTER, queue, counter))
 
 
 @enum.unique

@@ -4,7 +4,10 @@ metadata (MetadataService) and IAM (IamService) side by side."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+
+from opentelemetry import propagate
 
 from artifactstore import access, rpc
 from artifactstore.config import Settings
@@ -13,8 +16,9 @@ from artifactstore.metadata.v1 import metadata_pb2, metadata_pb2_grpc
 from metadata_svc.iam import IamStore
 from metadata_svc.iam_service import IamServicer
 from metadata_svc.kv import Transaction, open_database
+from metadata_svc.queues import QueueStore
 from metadata_svc.service import MetadataServicer
-from metadata_svc.store import MetadataStore
+from metadata_svc.store import ManifestRecord, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,22 @@ async def main(settings: Settings) -> None:
     def new_repository(tr: Transaction, repository: str) -> None:
         iam.ensure_project(tr, access.project_of(repository))
 
-    store = MetadataStore(db, settings.directory, on_new_repository=new_repository)
+    def new_manifest(tr: Transaction, repository: str, record: ManifestRecord) -> None:
+        if not settings.scan_on_push:
+            return
+        context: dict[str, str] = {}
+        propagate.inject(context)
+        store.queues.enqueue(
+            tr,
+            settings.scan_queue,
+            json.dumps({"repository": repository, "digest": record.digest}),
+            dedup_key=f"{repository}@{record.digest}",
+            trace_context=context,
+        )
+
+    store = MetadataStore(
+        db, settings.directory, on_new_repository=new_repository, on_new_manifest=new_manifest
+    )
     generated = await iam.bootstrap(settings.admin_user, settings.admin_password)
     if generated is not None:
         # Printed once, on the first start of an empty store; it is not kept anywhere.
@@ -39,7 +58,7 @@ async def main(settings: Settings) -> None:
     servicers = [
         rpc.Servicer(
             metadata_pb2_grpc.add_MetadataServiceServicer_to_server,
-            MetadataServicer(store),
+            MetadataServicer(store, QueueStore(db, store.queues)),
             metadata,
         ),
         rpc.Servicer(

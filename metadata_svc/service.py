@@ -10,6 +10,7 @@ import grpc
 
 from artifactstore.metadata.v1 import metadata_pb2 as pb
 from artifactstore.metadata.v1 import metadata_pb2_grpc
+from metadata_svc.queues import QueueStore, Task
 from metadata_svc.store import MetadataStore, UploadRecord
 
 Context = grpc.aio.ServicerContext
@@ -24,11 +25,29 @@ def _upload(record: UploadRecord) -> pb.UploadSession:
     )
 
 
+def _task(task: Task) -> pb.Task:
+    return pb.Task(
+        task_id=task.task_id,
+        queue=task.queue,
+        payload=task.payload,
+        enqueued_at=task.enqueued_at,
+        available_at=task.available_at,
+        attempts=task.attempts,
+        max_attempts=task.max_attempts,
+        dedup_key=task.dedup_key,
+        lease_id=task.lease_id,
+        leased_by=task.leased_by,
+        last_error=task.last_error,
+        trace_context=task.trace_context,
+    )
+
+
 class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
     """Answers MetadataService calls from the store."""
 
-    def __init__(self, store: MetadataStore) -> None:
+    def __init__(self, store: MetadataStore, queues: QueueStore) -> None:
         self._store = store
+        self._queues = queues
 
     async def PutManifest(
         self, request: pb.PutManifestRequest, context: Context
@@ -125,3 +144,58 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
     ) -> pb.DeleteUploadResponse:
         await self._store.delete_upload(request.repository, request.upload_id)
         return pb.DeleteUploadResponse()
+
+    async def Enqueue(self, request: pb.EnqueueRequest, context: Context) -> pb.Task:
+        task = await self._queues.enqueue(
+            request.queue,
+            request.payload,
+            request.dedup_key,
+            request.delay_seconds,
+            request.max_attempts,
+            dict(request.trace_context),
+        )
+        return _task(task)
+
+    async def LeaseTasks(
+        self, request: pb.LeaseTasksRequest, context: Context
+    ) -> pb.LeaseTasksResponse:
+        tasks = await self._queues.lease(
+            request.queue, request.worker, request.batch, request.lease_seconds
+        )
+        return pb.LeaseTasksResponse(tasks=[_task(t) for t in tasks])
+
+    async def CompleteTask(
+        self, request: pb.CompleteTaskRequest, context: Context
+    ) -> pb.CompleteTaskResponse:
+        await self._queues.complete(request.queue, request.task_id, request.lease_id)
+        return pb.CompleteTaskResponse()
+
+    async def RetryTask(self, request: pb.RetryTaskRequest, context: Context) -> pb.Task:
+        task = await self._queues.retry(
+            request.queue, request.task_id, request.lease_id, request.error, request.delay_seconds
+        )
+        return _task(task)
+
+    async def ExtendLease(self, request: pb.ExtendLeaseRequest, context: Context) -> pb.Task:
+        task = await self._queues.extend(
+            request.queue, request.task_id, request.lease_id, request.seconds
+        )
+        return _task(task)
+
+    async def GetQueueStats(
+        self, request: pb.GetQueueStatsRequest, context: Context
+    ) -> pb.QueueStats:
+        stats = await self._queues.stats(request.queue)
+        return pb.QueueStats(
+            queue=request.queue,
+            pending=stats.pending,
+            parked=stats.parked,
+            leased=stats.leased,
+            oldest_wait_seconds=stats.oldest_wait,
+        )
+
+    async def ListParkedTasks(
+        self, request: pb.ListParkedTasksRequest, context: Context
+    ) -> pb.ListParkedTasksResponse:
+        tasks = await self._queues.parked(request.queue, request.limit)
+        return pb.ListParkedTasksResponse(tasks=[_task(t) for t in tasks])

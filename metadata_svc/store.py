@@ -22,6 +22,7 @@ from artifactstore.manifests import parse
 from artifactstore.names import check_name, check_tag
 from metadata_svc.keys import PART_BYTES, Keyspace, decode_int, encode_int
 from metadata_svc.kv import Database, Transaction
+from metadata_svc.queues import Queues
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
@@ -91,12 +92,17 @@ class MetadataStore:
         db: Database,
         directory: str,
         on_new_repository: Callable[[Transaction, str], None] | None = None,
+        on_new_manifest: Callable[[Transaction, str, ManifestRecord], None] | None = None,
     ) -> None:
         """`on_new_repository(tr, name)` runs inside the transaction creating a repository
-        (IAM creates its project there, so the two never disagree)."""
+        (IAM creates its project there, so the two never disagree); `on_new_manifest(tr,
+        repository, record)` inside the one storing a manifest not stored before (a scan
+        is enqueued there, so no pushed image goes unscanned)."""
         self._db = db
         self._keys = Keyspace(db.directory(directory))
         self._on_new_repository = on_new_repository
+        self._on_new_manifest = on_new_manifest
+        self.queues = Queues(self._keys)
 
     # -- repositories -----------------------------------------------------------------
 
@@ -207,6 +213,8 @@ class MetadataStore:
                         annotations=parsed.annotations,
                     )
                     tr.set(keys.referrer(repo, record.subject, digest), _dump(referrer))
+                if self._on_new_manifest is not None:
+                    self._on_new_manifest(tr, repo, record)
             if tag:
                 previous = tr.get(keys.tag(repo, tag))
                 if previous is not None and previous.decode() != digest:

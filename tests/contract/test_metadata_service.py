@@ -3,6 +3,7 @@ code and ErrorInfo reason."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -407,3 +408,119 @@ async def test_upload_sessions(stub: Stub) -> None:
         grpc.StatusCode.NOT_FOUND,
         stub.GetUpload(pb.GetUploadRequest(repository="p/up", upload_id=other.upload_id)),
     )
+
+
+async def test_queue_leases_retries_and_parks(stub: Stub) -> None:
+    q = "test-queue"
+    first = await rpc.call(
+        stub.Enqueue(pb.EnqueueRequest(queue=q, payload="a", dedup_key="k", max_attempts=2))
+    )
+    again = await rpc.call(stub.Enqueue(pb.EnqueueRequest(queue=q, payload="a", dedup_key="k")))
+    assert again.task_id == first.task_id
+    await rpc.call(stub.Enqueue(pb.EnqueueRequest(queue=q, payload="b")))
+    leased = await rpc.call(
+        stub.LeaseTasks(pb.LeaseTasksRequest(queue=q, worker="w1", batch=1, lease_seconds=60))
+    )
+    (task,) = leased.tasks
+    assert (task.payload, task.attempts, task.leased_by) == ("a", 1, "w1")
+    await expect(
+        Reason.DENIED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        stub.CompleteTask(
+            pb.CompleteTaskRequest(queue=q, task_id=task.task_id, lease_id="not-mine")
+        ),
+    )
+    stats = await rpc.call(stub.GetQueueStats(pb.GetQueueStatsRequest(queue=q)))
+    assert (stats.pending, stats.leased, stats.parked) == (2, 1, 0)
+    # The first attempt fails: leasable again at once, then parked after its second.
+    await rpc.call(
+        stub.RetryTask(
+            pb.RetryTaskRequest(queue=q, task_id=task.task_id, lease_id=task.lease_id, error="boom")
+        )
+    )
+    leased = await rpc.call(
+        stub.LeaseTasks(pb.LeaseTasksRequest(queue=q, worker="w2", batch=5, lease_seconds=60))
+    )
+    # "b" has waited longer than the retried "a" (leasable again only from its retry).
+    assert [t.payload for t in leased.tasks] == ["b", "a"]
+    other, retried = leased.tasks
+    assert retried.attempts == 2 and retried.last_error == "boom"
+    parked = await rpc.call(
+        stub.RetryTask(
+            pb.RetryTaskRequest(
+                queue=q, task_id=retried.task_id, lease_id=retried.lease_id, error="boom again"
+            )
+        )
+    )
+    assert parked.last_error == "boom again"
+    listed = await rpc.call(stub.ListParkedTasks(pb.ListParkedTasksRequest(queue=q)))
+    assert [t.task_id for t in listed.tasks] == [first.task_id]
+    # A parked task no longer blocks its dedup key.
+    fresh = await rpc.call(stub.Enqueue(pb.EnqueueRequest(queue=q, payload="a", dedup_key="k")))
+    assert fresh.task_id != first.task_id
+    await rpc.call(
+        stub.CompleteTask(
+            pb.CompleteTaskRequest(queue=q, task_id=other.task_id, lease_id=other.lease_id)
+        )
+    )
+    stats = await rpc.call(stub.GetQueueStats(pb.GetQueueStatsRequest(queue=q)))
+    assert (stats.pending, stats.parked) == (1, 1)
+
+
+async def test_an_expired_lease_is_leased_again(stub: Stub) -> None:
+    q = "expiring"
+    await rpc.call(stub.Enqueue(pb.EnqueueRequest(queue=q, payload="x")))
+    (lost,) = (
+        await rpc.call(
+            stub.LeaseTasks(
+                pb.LeaseTasksRequest(queue=q, worker="dies", batch=1, lease_seconds=0.2)
+            )
+        )
+    ).tasks
+    assert not (
+        await rpc.call(
+            stub.LeaseTasks(pb.LeaseTasksRequest(queue=q, worker="w", batch=1, lease_seconds=60))
+        )
+    ).tasks
+    await asyncio.sleep(0.3)
+    (again,) = (
+        await rpc.call(
+            stub.LeaseTasks(pb.LeaseTasksRequest(queue=q, worker="w", batch=1, lease_seconds=60))
+        )
+    ).tasks
+    assert again.task_id == lost.task_id and again.attempts == 2
+    # The worker that lost its lease cannot finish the task any more.
+    await expect(
+        Reason.DENIED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        stub.CompleteTask(
+            pb.CompleteTaskRequest(queue=q, task_id=lost.task_id, lease_id=lost.lease_id)
+        ),
+    )
+    await rpc.call(
+        stub.CompleteTask(
+            pb.CompleteTaskRequest(queue=q, task_id=again.task_id, lease_id=again.lease_id)
+        )
+    )
+
+
+async def test_a_new_manifest_enqueues_its_scan_once(stub: Stub) -> None:
+    await link(stub, "p/scan", CONFIG, LAYER)
+    body = image()
+    for tag in ("a", "b"):
+        await rpc.call(
+            stub.PutManifest(
+                pb.PutManifestRequest(repository="p/scan", reference=tag, content=body)
+            )
+        )
+    leased = await rpc.call(
+        stub.LeaseTasks(
+            pb.LeaseTasksRequest(queue="arts-scan", worker="w", batch=10, lease_seconds=60)
+        )
+    )
+    payloads = [
+        json.loads(t.payload)
+        for t in leased.tasks
+        if json.loads(t.payload)["repository"] == "p/scan"
+    ]
+    assert payloads == [{"repository": "p/scan", "digest": str(sha256_of(body))}]

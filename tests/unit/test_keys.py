@@ -34,6 +34,11 @@ ARGS = {
     "principal": "user:alice",
     "at_ns": 1_700_000_000_000_000_000,
     "nonce": "ab12",
+    "queue": "arts-scan",
+    "available_us": 1_700_000_000_000_000,
+    "task": "t1",
+    "dedup_key": "repo@sha256:x",
+    "counter": "pending",
 }
 SHAPES = [
     (space, name)

@@ -99,6 +99,41 @@ class MetadataServiceStub:
                 request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteUploadRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteUploadResponse.FromString,
                 _registered_method=True)
+        self.Enqueue = channel.unary_unary(
+                '/artifactstore.metadata.v1.MetadataService/Enqueue',
+                request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.EnqueueRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.FromString,
+                _registered_method=True)
+        self.LeaseTasks = channel.unary_unary(
+                '/artifactstore.metadata.v1.MetadataService/LeaseTasks',
+                request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.LeaseTasksRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.LeaseTasksResponse.FromString,
+                _registered_method=True)
+        self.CompleteTask = channel.unary_unary(
+                '/artifactstore.metadata.v1.MetadataService/CompleteTask',
+                request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.CompleteTaskRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.CompleteTaskResponse.FromString,
+                _registered_method=True)
+        self.RetryTask = channel.unary_unary(
+                '/artifactstore.metadata.v1.MetadataService/RetryTask',
+                request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.RetryTaskRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.FromString,
+                _registered_method=True)
+        self.ExtendLease = channel.unary_unary(
+                '/artifactstore.metadata.v1.MetadataService/ExtendLease',
+                request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ExtendLeaseRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.FromString,
+                _registered_method=True)
+        self.GetQueueStats = channel.unary_unary(
+                '/artifactstore.metadata.v1.MetadataService/GetQueueStats',
+                request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.GetQueueStatsRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.QueueStats.FromString,
+                _registered_method=True)
+        self.ListParkedTasks = channel.unary_unary(
+                '/artifactstore.metadata.v1.MetadataService/ListParkedTasks',
+                request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ListParkedTasksRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ListParkedTasksResponse.FromString,
+                _registered_method=True)
 
 
 class MetadataServiceServicer:
@@ -207,6 +242,60 @@ class MetadataServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Enqueue(self, request, context):
+        """Named work queues shared by several workers (scan, GC). A leased task is the
+        worker's until its lease runs out, then leasable again; only the holder of the
+        current lease id can complete, retry or extend it (DENIED otherwise).
+
+        Adds a task; with `dedup_key`, returns the task already waiting or leased for that
+        key instead of adding another.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LeaseTasks(self, request, context):
+        """Leases up to `batch` leasable tasks, oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CompleteTask(self, request, context):
+        """The task is done: it is removed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryTask(self, request, context):
+        """The attempt failed: leasable again after `delay_seconds`, or parked with `error`
+        once it has had its maximum attempts.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExtendLease(self, request, context):
+        """Keeps a lease for `seconds` more from now.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetQueueStats(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListParkedTasks(self, request, context):
+        """Tasks parked after failing too often, with their last error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MetadataServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -274,6 +363,41 @@ def add_MetadataServiceServicer_to_server(servicer, server):
                     servicer.DeleteUpload,
                     request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteUploadRequest.FromString,
                     response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteUploadResponse.SerializeToString,
+            ),
+            'Enqueue': grpc.unary_unary_rpc_method_handler(
+                    servicer.Enqueue,
+                    request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.EnqueueRequest.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.SerializeToString,
+            ),
+            'LeaseTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.LeaseTasks,
+                    request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.LeaseTasksRequest.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.LeaseTasksResponse.SerializeToString,
+            ),
+            'CompleteTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.CompleteTask,
+                    request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.CompleteTaskRequest.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.CompleteTaskResponse.SerializeToString,
+            ),
+            'RetryTask': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryTask,
+                    request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.RetryTaskRequest.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.SerializeToString,
+            ),
+            'ExtendLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExtendLease,
+                    request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ExtendLeaseRequest.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.SerializeToString,
+            ),
+            'GetQueueStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetQueueStats,
+                    request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.GetQueueStatsRequest.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.QueueStats.SerializeToString,
+            ),
+            'ListParkedTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParkedTasks,
+                    request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ListParkedTasksRequest.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ListParkedTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -627,6 +751,195 @@ class MetadataService:
             '/artifactstore.metadata.v1.MetadataService/DeleteUpload',
             artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteUploadRequest.SerializeToString,
             artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteUploadResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Enqueue(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.metadata.v1.MetadataService/Enqueue',
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.EnqueueRequest.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LeaseTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.metadata.v1.MetadataService/LeaseTasks',
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.LeaseTasksRequest.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.LeaseTasksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CompleteTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.metadata.v1.MetadataService/CompleteTask',
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.CompleteTaskRequest.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.CompleteTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.metadata.v1.MetadataService/RetryTask',
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.RetryTaskRequest.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExtendLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.metadata.v1.MetadataService/ExtendLease',
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ExtendLeaseRequest.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.Task.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetQueueStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.metadata.v1.MetadataService/GetQueueStats',
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.GetQueueStatsRequest.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.QueueStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParkedTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.metadata.v1.MetadataService/ListParkedTasks',
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ListParkedTasksRequest.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ListParkedTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -89,6 +89,27 @@ class MetadataServiceStub:
     """
     DeleteUpload: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.DeleteUploadRequest, _metadata_pb2.DeleteUploadResponse]
     """Forgets an upload session. Idempotent."""
+    Enqueue: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.EnqueueRequest, _metadata_pb2.Task]
+    """Named work queues shared by several workers (scan, GC). A leased task is the
+    worker's until its lease runs out, then leasable again; only the holder of the
+    current lease id can complete, retry or extend it (DENIED otherwise).
+
+    Adds a task; with `dedup_key`, returns the task already waiting or leased for that
+    key instead of adding another.
+    """
+    LeaseTasks: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.LeaseTasksRequest, _metadata_pb2.LeaseTasksResponse]
+    """Leases up to `batch` leasable tasks, oldest first."""
+    CompleteTask: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.CompleteTaskRequest, _metadata_pb2.CompleteTaskResponse]
+    """The task is done: it is removed."""
+    RetryTask: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.RetryTaskRequest, _metadata_pb2.Task]
+    """The attempt failed: leasable again after `delay_seconds`, or parked with `error`
+    once it has had its maximum attempts.
+    """
+    ExtendLease: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.ExtendLeaseRequest, _metadata_pb2.Task]
+    """Keeps a lease for `seconds` more from now."""
+    GetQueueStats: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.GetQueueStatsRequest, _metadata_pb2.QueueStats]
+    ListParkedTasks: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.ListParkedTasksRequest, _metadata_pb2.ListParkedTasksResponse]
+    """Tasks parked after failing too often, with their last error."""
 
 @_typing.type_check_only
 class MetadataServiceAsyncStub(MetadataServiceStub):
@@ -139,6 +160,27 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     """
     DeleteUpload: _aio.UnaryUnaryMultiCallable[_metadata_pb2.DeleteUploadRequest, _metadata_pb2.DeleteUploadResponse]  # type: ignore[assignment]
     """Forgets an upload session. Idempotent."""
+    Enqueue: _aio.UnaryUnaryMultiCallable[_metadata_pb2.EnqueueRequest, _metadata_pb2.Task]  # type: ignore[assignment]
+    """Named work queues shared by several workers (scan, GC). A leased task is the
+    worker's until its lease runs out, then leasable again; only the holder of the
+    current lease id can complete, retry or extend it (DENIED otherwise).
+
+    Adds a task; with `dedup_key`, returns the task already waiting or leased for that
+    key instead of adding another.
+    """
+    LeaseTasks: _aio.UnaryUnaryMultiCallable[_metadata_pb2.LeaseTasksRequest, _metadata_pb2.LeaseTasksResponse]  # type: ignore[assignment]
+    """Leases up to `batch` leasable tasks, oldest first."""
+    CompleteTask: _aio.UnaryUnaryMultiCallable[_metadata_pb2.CompleteTaskRequest, _metadata_pb2.CompleteTaskResponse]  # type: ignore[assignment]
+    """The task is done: it is removed."""
+    RetryTask: _aio.UnaryUnaryMultiCallable[_metadata_pb2.RetryTaskRequest, _metadata_pb2.Task]  # type: ignore[assignment]
+    """The attempt failed: leasable again after `delay_seconds`, or parked with `error`
+    once it has had its maximum attempts.
+    """
+    ExtendLease: _aio.UnaryUnaryMultiCallable[_metadata_pb2.ExtendLeaseRequest, _metadata_pb2.Task]  # type: ignore[assignment]
+    """Keeps a lease for `seconds` more from now."""
+    GetQueueStats: _aio.UnaryUnaryMultiCallable[_metadata_pb2.GetQueueStatsRequest, _metadata_pb2.QueueStats]  # type: ignore[assignment]
+    ListParkedTasks: _aio.UnaryUnaryMultiCallable[_metadata_pb2.ListParkedTasksRequest, _metadata_pb2.ListParkedTasksResponse]  # type: ignore[assignment]
+    """Tasks parked after failing too often, with their last error."""
 
 class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -264,5 +306,68 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metadata_pb2.DeleteUploadResponse, _abc.Awaitable[_metadata_pb2.DeleteUploadResponse]]:
         """Forgets an upload session. Idempotent."""
+
+    @_abc_1.abstractmethod
+    def Enqueue(
+        self,
+        request: _metadata_pb2.EnqueueRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_pb2.Task, _abc.Awaitable[_metadata_pb2.Task]]:
+        """Named work queues shared by several workers (scan, GC). A leased task is the
+        worker's until its lease runs out, then leasable again; only the holder of the
+        current lease id can complete, retry or extend it (DENIED otherwise).
+
+        Adds a task; with `dedup_key`, returns the task already waiting or leased for that
+        key instead of adding another.
+        """
+
+    @_abc_1.abstractmethod
+    def LeaseTasks(
+        self,
+        request: _metadata_pb2.LeaseTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_pb2.LeaseTasksResponse, _abc.Awaitable[_metadata_pb2.LeaseTasksResponse]]:
+        """Leases up to `batch` leasable tasks, oldest first."""
+
+    @_abc_1.abstractmethod
+    def CompleteTask(
+        self,
+        request: _metadata_pb2.CompleteTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_pb2.CompleteTaskResponse, _abc.Awaitable[_metadata_pb2.CompleteTaskResponse]]:
+        """The task is done: it is removed."""
+
+    @_abc_1.abstractmethod
+    def RetryTask(
+        self,
+        request: _metadata_pb2.RetryTaskRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_pb2.Task, _abc.Awaitable[_metadata_pb2.Task]]:
+        """The attempt failed: leasable again after `delay_seconds`, or parked with `error`
+        once it has had its maximum attempts.
+        """
+
+    @_abc_1.abstractmethod
+    def ExtendLease(
+        self,
+        request: _metadata_pb2.ExtendLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_pb2.Task, _abc.Awaitable[_metadata_pb2.Task]]:
+        """Keeps a lease for `seconds` more from now."""
+
+    @_abc_1.abstractmethod
+    def GetQueueStats(
+        self,
+        request: _metadata_pb2.GetQueueStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_pb2.QueueStats, _abc.Awaitable[_metadata_pb2.QueueStats]]: ...
+
+    @_abc_1.abstractmethod
+    def ListParkedTasks(
+        self,
+        request: _metadata_pb2.ListParkedTasksRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_metadata_pb2.ListParkedTasksResponse, _abc.Awaitable[_metadata_pb2.ListParkedTasksResponse]]:
+        """Tasks parked after failing too often, with their last error."""
 
 def add_MetadataServiceServicer_to_server(servicer: MetadataServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
