@@ -10,7 +10,7 @@ from typing import Any
 
 import uvloop
 
-from artifactstore import iam_cli, telemetry
+from artifactstore import iam_cli, metrics, telemetry
 from artifactstore.config import Settings
 
 # Service name on the command line → (module with `async def main(settings)`, service.name).
@@ -27,6 +27,7 @@ def run_service(name: str, settings: Settings) -> None:
     """Run one service of the mesh in this process until it is told to stop."""
     module_name, service_name = SERVICES[name]
     telemetry.setup(service_name, debug=settings.debug)
+    metrics.serve_metrics(settings, name)
     main: Callable[[Settings], Coroutine[Any, Any, None]] = importlib.import_module(
         module_name
     ).main
@@ -35,9 +36,10 @@ def run_service(name: str, settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     """Run every service as its own supervised process."""
-    from artifactstore.supervisor import Supervisor
+    from artifactstore.supervisor import Supervisor, metrics_address
 
     telemetry.setup("supervisor", debug=settings.debug)
+    metrics.serve_metrics(settings, "supervisor", metrics_address(settings, "supervisor"))
     uvloop.run(Supervisor(settings).run())
 
 

@@ -41,6 +41,8 @@ class Settings:
     gc_address: str
     upload_chunk_bytes: int
     rpc_timeout_seconds: float
+    metrics_address: str
+    metrics_port_base: int | None
     metadata_directory: str
     iam_address: str
     admin_user: str
@@ -80,6 +82,10 @@ class Settings:
             gc_address=e.get("ARTS_GC_ADDRESS", f"unix:{run / 'gc.sock'}"),
             upload_chunk_bytes=int(e.get("ARTS_UPLOAD_CHUNK_BYTES", str(1024 * 1024))),
             rpc_timeout_seconds=float(e.get("ARTS_RPC_TIMEOUT_SECS", "10")),
+            metrics_address=e.get("ARTS_METRICS_ADDRESS", "127.0.0.1:0"),
+            metrics_port_base=int(e["ARTS_METRICS_PORT_BASE"])
+            if e.get("ARTS_METRICS_PORT_BASE")
+            else None,
             metadata_directory=e.get("ARTS_METADATA_DIRECTORY", "topaz"),
             iam_address=e.get("ARTS_IAM_ADDRESS", "") or metadata_address,
             admin_user=e.get("ARTS_ADMIN_USER", "admin"),

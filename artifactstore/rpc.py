@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_client_interceptors, aio_server_interceptor
 
+from artifactstore import metrics
 from artifactstore.errors import RegistryError
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,32 @@ SERVER_OPTIONS: list[tuple[str, Any]] = [
 ]
 
 
+UnaryBehaviour = Callable[..., Awaitable[Any]]
+StreamBehaviour = Callable[..., AsyncIterator[Any]]
+
+
+def rewrap(
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[[UnaryBehaviour], UnaryBehaviour],
+    stream: Callable[[StreamBehaviour], StreamBehaviour],
+) -> grpc.RpcMethodHandler:
+    """`handler` with its behaviour wrapped: `unary` for calls answered by one message
+    (unary-unary, stream-unary), `stream` for calls answered by a stream (unary-stream).
+    Server interceptors use it to add behaviour around every call."""
+    serializers = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(unary(handler.unary_unary), **serializers)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(unary(handler.stream_unary), **serializers)
+    if handler.unary_stream:
+        behaviour: Any = handler.unary_stream
+        return grpc.unary_stream_rpc_method_handler(stream(behaviour), **serializers)
+    return handler
+
+
 class _ErrorInterceptor(grpc.aio.ServerInterceptor):
     """Turns a `RegistryError` raised by a servicer into its rich gRPC status."""
 
@@ -61,27 +89,66 @@ class _ErrorInterceptor(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
+        return None if handler is None else rewrap(handler, _wrap_unary, _wrap_stream)
+
+
+class _MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every gRPC call a server handles."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler | None]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = await continuation(handler_call_details)
         if handler is None:
-            return handler
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(handler.unary_stream),  # type: ignore[arg-type]
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+            return None
+        service, _, method = handler_call_details.method.strip("/").rpartition("/")
+        return rewrap(
+            handler,
+            lambda behaviour: _timed_unary(behaviour, service, method),
+            lambda behaviour: _timed_stream(behaviour, service, method),
+        )
+
+
+def _code(context: grpc.aio.ServicerContext, failed: bool) -> str:
+    # None until a status is set: an undecorated success, or an exception left to gRPC.
+    code: grpc.StatusCode | None = context.code()
+    if code is not None:
+        return code.name
+    return "UNKNOWN" if failed else "OK"
+
+
+def _timed_unary(
+    behaviour: Callable[..., Awaitable[Any]], service: str, method: str
+) -> Callable[..., Awaitable[Any]]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        failed = True
+        try:
+            result = await behaviour(request, context)
+            failed = False
+            return result
+        finally:
+            metrics.RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+            metrics.RPC_HANDLED.labels(service, method, _code(context, failed)).inc()
+
+    return wrapped
+
+
+def _timed_stream(behaviour: Callable[..., Any], service: str, method: str) -> Callable[..., Any]:
+    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        start = time.perf_counter()
+        failed = True
+        try:
+            async for item in behaviour(request, context):
+                yield item
+            failed = False
+        finally:
+            metrics.RPC_SECONDS.labels(service, method).observe(time.perf_counter() - start)
+            metrics.RPC_HANDLED.labels(service, method, _code(context, failed)).inc()
+
+    return wrapped
 
 
 async def _abort(context: grpc.aio.ServicerContext, err: RegistryError) -> None:
@@ -142,7 +209,8 @@ async def serve(
     calls, lets running ones finish for `grace_seconds`, then runs `on_stop`.
     """
     server = grpc.aio.server(
-        interceptors=[aio_server_interceptor(), _ErrorInterceptor()],
+        # Outermost first: the span and the metrics see the status errors become.
+        interceptors=[aio_server_interceptor(), _MetricsInterceptor(), _ErrorInterceptor()],
         options=SERVER_OPTIONS,
     )
     health_servicer = health.aio.HealthServicer()

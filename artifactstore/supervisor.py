@@ -12,22 +12,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from prometheus_client import Counter
+
+from artifactstore import metrics
 from artifactstore.config import Settings
 
 log = logging.getLogger("artifactstore.supervisor")
 
 # Start order: the services the gateway calls come up first.
 SERVICES = ("metadata", "blob", "scan", "gc", "gateway")
+# Metrics ports are handed out in this order from ARTS_METRICS_PORT_BASE.
+METRICS_ORDER = ("gateway", "metadata", "blob", "scan", "gc", "supervisor")
 STOP_GRACE_SECONDS = 10.0
 MAX_BACKOFF_SECONDS = 30.0
 # A child that stayed up this long is considered healthy again: its backoff resets.
 HEALTHY_AFTER_SECONDS = 60.0
+
+
+RESTARTS = Counter(
+    "artifactstore_service_restarts",
+    "Times the supervisor restarted a service that had exited.",
+    ["service"],
+    registry=metrics.REGISTRY,
+)
 
 
 @dataclass
@@ -36,6 +50,7 @@ class Child:
 
     service: str
     pid_file: Path
+    env: dict[str, str]
     process: asyncio.subprocess.Process | None = None
     started_at: float = 0.0
     restarts: int = 0
@@ -44,11 +59,25 @@ class Child:
     async def start(self) -> None:
         """Start the service process and record its PID."""
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "artifactstore.cli", self.service
+            sys.executable, "-m", "artifactstore.cli", self.service, env=self.env
         )
         self.started_at = time.monotonic()
         self.pid_file.write_text(f"{self.process.pid}\n")
         log.info("started %s (pid %d)", self.service, self.process.pid)
+
+
+def metrics_address(settings: Settings, process: str) -> str:
+    """Where a process of the mesh serves metrics: with ARTS_METRICS_PORT_BASE set, the
+    base plus its place in (gateway, metadata, blob, scan, gc, supervisor) — fixed ports
+    for a Prometheus configuration; otherwise ARTS_METRICS_ADDRESS."""
+    if settings.metrics_port_base is None:
+        return settings.metrics_address
+    host = settings.metrics_address.rpartition(":")[0] or "127.0.0.1"
+    return f"{host}:{settings.metrics_port_base + METRICS_ORDER.index(process)}"
+
+
+def _child_env(settings: Settings, service: str) -> dict[str, str]:
+    return {**os.environ, "ARTS_METRICS_ADDRESS": metrics_address(settings, service)}
 
 
 class Supervisor:
@@ -57,7 +86,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         run_dir = settings.data_dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
-        self._children = [Child(s, run_dir / f"{s}.pid") for s in SERVICES]
+        self._children = [Child(s, run_dir / f"{s}.pid", _child_env(settings, s)) for s in SERVICES]
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -82,6 +111,7 @@ class Supervisor:
             if time.monotonic() - child.started_at > HEALTHY_AFTER_SECONDS:
                 child.backoff = 0.5
             child.restarts += 1
+            RESTARTS.labels(child.service).inc()
             log.error(
                 "%s (pid %d) exited with %d; restart %d in %.1f s",
                 child.service,
