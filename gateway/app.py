@@ -12,10 +12,10 @@ from gateway.auth import GATEKEEPER, Gatekeeper, auth_middleware, policy_watch
 from gateway.clients import connect
 from gateway.errors import error_middleware
 from gateway.keys import CLIENTS, SETTINGS
+from gateway.observe import observe_middleware
 from gateway.responses import API_VERSION
 from gateway.routes import setup_routes
 from gateway.tokens import TokenIssuer, load_or_create_key
-from gateway.tracing import tracing_middleware
 
 
 async def _backends(app: web.Application) -> AsyncIterator[None]:
@@ -45,7 +45,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application()
     requirements = setup_routes(app)
     # Outermost first: the span covers everything; errors from access checks get bodies.
-    app.middlewares.extend([tracing_middleware, error_middleware, auth_middleware(requirements)])
+    app.middlewares.extend([observe_middleware, error_middleware, auth_middleware(requirements)])
     app[SETTINGS] = settings
     app.cleanup_ctx.append(_backends)
     app.on_response_prepare.append(_api_version)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from artifactstore import rpc
 from artifactstore.blob.v1 import blob_pb2, blob_pb2_grpc
@@ -40,6 +41,8 @@ class Clients:
     # The authorisation service: metadata_svc's IamService unless ARTS_IAM_ADDRESS names
     # another implementation of the same contract.
     iam: IamServiceAsyncStub
+    # Health checking of each backend, by the service it reaches.
+    health: dict[str, Any]
 
     async def read_blob(self, digest: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
         """Yield the bytes [offset, offset+length) of a canonical blob (length 0: to the
@@ -96,6 +99,12 @@ async def connect(settings: Settings) -> AsyncIterator[Clients]:
             metadata=metadata_pb2_grpc.MetadataServiceStub(channels[settings.metadata_address]),
             blob=blob_pb2_grpc.BlobServiceStub(channels[settings.blob_address]),
             iam=iam_pb2_grpc.IamServiceStub(channels[settings.iam_address]),
+            # The typeshed stubs of grpcio-health-checking omit HealthStub's methods, hence Any.
+            health={
+                "metadata": health_pb2_grpc.HealthStub(channels[settings.metadata_address]),
+                "blob": health_pb2_grpc.HealthStub(channels[settings.blob_address]),
+                "iam": health_pb2_grpc.HealthStub(channels[settings.iam_address]),
+            },
         )
     finally:
         for channel in channels.values():

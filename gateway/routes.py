@@ -15,7 +15,17 @@ from aiohttp import hdrs, web
 
 from artifactstore.access import DELETE, PULL, PUSH
 from gateway.auth import PUBLIC, SIGNED_IN
-from gateway.handlers import base, blobs, catalog, manifests, referrers, tags, token, uploads
+from gateway.handlers import (
+    base,
+    blobs,
+    catalog,
+    health,
+    manifests,
+    referrers,
+    tags,
+    token,
+    uploads,
+)
 
 NAME = "{name:.+}"
 _MANIFEST = f"/v2/{NAME}/manifests/{{reference}}"
@@ -44,6 +54,8 @@ GET, PUT, POST, PATCH, DEL = (
 
 ROUTES = [
     Route(GET, "/v2/", base.version_check, "base", SIGNED_IN),  # end-1
+    Route(GET, "/healthz", health.live, "healthz", PUBLIC),
+    Route(GET, "/readyz", health.ready, "readyz", PUBLIC),
     Route(GET, "/v2/token", token.get_token, "token", PUBLIC),
     Route(POST, "/v2/token", token.post_token, "token", PUBLIC),
     Route(GET, "/v2/_catalog", catalog.list_repositories, "catalog", SIGNED_IN),

@@ -9,13 +9,14 @@ import logging
 
 from opentelemetry import propagate
 
-from artifactstore import access, rpc
+from artifactstore import access, metrics, rpc
 from artifactstore.config import Settings
 from artifactstore.iam.v1 import iam_pb2, iam_pb2_grpc
 from artifactstore.metadata.v1 import metadata_pb2, metadata_pb2_grpc
 from metadata_svc.iam import IamStore
 from metadata_svc.iam_service import IamServicer
 from metadata_svc.kv import Transaction, open_database
+from metadata_svc.observe import StoreCollector
 from metadata_svc.queues import QueueStore
 from metadata_svc.service import MetadataServicer
 from metadata_svc.store import ManifestRecord, MetadataStore
@@ -53,6 +54,7 @@ async def main(settings: Settings) -> None:
         log.warning(
             "initial administrator %r created with password %s", settings.admin_user, generated
         )
+    metrics.REGISTRY.register(StoreCollector(db, store.keys, store.queues))
     metadata = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
     iam_name = iam_pb2.DESCRIPTOR.services_by_name["IamService"].full_name
     servicers = [

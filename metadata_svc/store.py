@@ -104,6 +104,11 @@ class MetadataStore:
         self._on_new_manifest = on_new_manifest
         self.queues = Queues(self._keys)
 
+    @property
+    def keys(self) -> Keyspace:
+        """The registry keyspace this store works in."""
+        return self._keys
+
     # -- repositories -----------------------------------------------------------------
 
     def _ensure_repository(self, tr: Transaction, repo: str) -> None:

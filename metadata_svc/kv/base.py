@@ -20,6 +20,9 @@ from typing import TypeVar
 
 import fdb.subspace_impl
 from opentelemetry import trace
+from prometheus_client import Counter, Histogram
+
+from artifactstore.metrics import LATENCY_BUCKETS, REGISTRY
 
 T = TypeVar("T")
 
@@ -331,6 +334,20 @@ class Transaction(abc.ABC):
 
 _tracer = trace.get_tracer(__name__)
 
+TRANSACTION_SECONDS = Histogram(
+    "artifactstore_kv_transaction_duration_seconds",
+    "Time a KV transaction took, retries included.",
+    ["system"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+CONFLICTS = Counter(
+    "artifactstore_kv_conflicts",
+    "KV transactions that conflicted with another and were retried.",
+    ["system"],
+    registry=REGISTRY,
+)
+
 
 class Database(abc.ABC):
     """A handle on the key-value store; thread-safe.
@@ -367,7 +384,8 @@ class Database(abc.ABC):
         any other exception propagate at once.
         """
         tr = self.create_transaction()
-        deadline = time.monotonic() + self.retry_seconds
+        started = time.monotonic()
+        deadline = started + self.retry_seconds
         retries = 0
         with _tracer.start_as_current_span(
             "kv.transaction",
@@ -384,11 +402,13 @@ class Database(abc.ABC):
                         span.add_event("retry", {"error.code": err.code})
                         if isinstance(err, NotCommitted):
                             span.set_attribute("db.kv.conflict", True)
+                            CONFLICTS.labels(self.system).inc()
                         if retries >= self.retry_limit or time.monotonic() >= deadline:
                             raise
                         tr.on_error(err)  # re-raises `err` if it is not retryable
                         retries += 1
             finally:
+                TRANSACTION_SECONDS.labels(self.system).observe(time.monotonic() - started)
                 span.set_attributes(
                     {
                         "db.kv.retries": retries,
