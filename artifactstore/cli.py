@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
 
 import uvloop
 
-from artifactstore import iam_cli, metrics, telemetry
+from artifactstore import iam_cli, metrics, telemetry, trace_cli
 from artifactstore.config import Settings
 
 # Service name on the command line → (module with `async def main(settings)`, service.name).
@@ -55,10 +56,13 @@ def main(argv: list[str] | None = None) -> None:
     for name, (_, service_name) in SERVICES.items():
         commands.add_parser(name, help=f"run {service_name} alone")
     iam_cli.add_parsers(commands)
+    trace_cli.add_parsers(commands)
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     if args.command == "serve":
         serve(settings)
+    elif args.command == "trace":
+        sys.exit(trace_cli.run(args, os.environ.get("ARTS_TRACES_FILE", "")))
     elif args.command in {"iam", "audit"}:
         sys.exit(iam_cli.run(settings, args))
     else:
