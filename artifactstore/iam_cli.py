@@ -310,7 +310,6 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
     iam = commands.add_parser(
         "iam", help="administer organizations, projects, users, service accounts, keys, bindings"
     )
-    iam.add_argument("--json", action="store_true", help="print results as JSON lines")
     groups = iam.add_subparsers(dest="iam_group", required=True, metavar="GROUP")
     subgroups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     for (group, command), (help_text, arguments, _) in COMMANDS.items():
@@ -325,6 +324,7 @@ def add_parsers(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -
             parser.set_defaults(iam_command="")
         for flags, options in arguments:
             parser.add_argument(*flags, **options)
+        parser.add_argument("--json", action="store_true", help="print results as JSON lines")
     audit = commands.add_parser("audit", help="read the audit log, newest first")
     audit.add_argument("--limit", type=int, default=50)
     audit.add_argument("--json", action="store_true", help="print entries as JSON lines")

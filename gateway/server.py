@@ -10,12 +10,15 @@ from aiohttp import web
 
 from artifactstore.config import Settings
 from gateway.app import create_app
+from gateway.auth import MAX_AUTHORIZATION_BYTES
 
 log = logging.getLogger(__name__)
 
 # How long requests in flight may take to finish on shutdown; below the supervisor's
 # grace before it kills a child (artifactstore.supervisor.STOP_GRACE_SECONDS).
 SHUTDOWN_SECONDS = 8.0
+# Four times the largest credential the auth layer accepts.
+MAX_HEADER_BYTES = 4 * MAX_AUTHORIZATION_BYTES
 
 
 def listen_address(address: str) -> tuple[str, int]:
@@ -38,6 +41,9 @@ async def main(settings: Settings) -> None:
         access_log=logging.getLogger("aiohttp.access") if settings.debug else None,
         # Lets a body buffer whole upload chunks before reading pauses.
         read_bufsize=settings.upload_chunk_bytes,
+        # aiohttp refuses longer header lines itself with a bare 400; this lets the auth
+        # layer refuse oversized credentials (MAX_AUTHORIZATION_BYTES) with the spec's body.
+        max_field_size=MAX_HEADER_BYTES,
     )
     await runner.setup()
     try:
