@@ -250,6 +250,13 @@ class Iam:
         binding = pb.Binding(scope=parse_scope(scope), principal=principal, role=role)
         self.stub.Grant(pb.GrantRequest(caller=self.caller, binding=binding), timeout=30)
 
+    def bindings(self, principal: str) -> list[tuple[str, str, str]]:
+        """A principal's bindings as (scope kind, scope name, role)."""
+        reply = self.stub.ListBindings(
+            pb.ListBindingsRequest(caller=self.caller, principal=principal), timeout=30
+        )
+        return [(b.scope.kind, b.scope.name, b.role) for b in reply.bindings]
+
     def revoke(self, scope: str, principal: str) -> None:
         self.stub.Revoke(
             pb.RevokeRequest(caller=self.caller, scope=parse_scope(scope), principal=principal),
@@ -693,6 +700,25 @@ def test_blob_delete_needs_owner(registry: Registry, iam: Iam, world: World):
     assert registry.request("HEAD", f"/v2/{repo}/blobs/{digest}").status == 404
 
 
+def test_roles_that_cannot_be_bound(registry: Registry, iam: Iam, world: World):
+    """`artifact_store_*` roles mean "on every repository beneath", so binding one on a
+    repository is refused, as is a role that does not exist; the CLI fails, no binding
+    appears and the user still has no access."""
+    user = iam.user("badrole")
+    for scope, role in (
+        (f"repository:{world.r1}", "artifact_store_viewer"),
+        (f"project:{world.p1}", "admin"),
+    ):
+        refused = registry.cli(
+            "iam", "grant", "--scope", scope, "--principal", user.principal, "--role", role,
+            check=False,
+        )  # fmt: skip
+        assert refused.returncode != 0, f"{role} bound at {scope}: {refused.stdout}"
+    assert iam.bindings(user.principal) == []
+    r = registry.request("GET", f"/v2/{world.r1}/manifests/v1", headers=ACCEPT, auth=user.auth)
+    r.expect_error(403, "DENIED")
+
+
 def test_revoke_disable_and_password_change_take_effect_at_once(registry: Registry, world: World):
     """Through the CLI: a user's binding revoked, the user disabled, re-enabled, their
     password changed — each seen by the gateway at once (its caches follow the policy
@@ -981,36 +1007,38 @@ def test_all_users_viewer_makes_a_project_public(
     expect_challenge(registry, registry.request("GET", path, headers=ACCEPT, auth=None))
 
     cli_grant(registry, f"project:{project}", "allUsers", "viewer")
-    r = eventually(
-        lambda: registry.request("GET", path, headers=ACCEPT, auth=None),
-        lambda r: r.status == 200,
-    )
-    assert r.status == 200 and r.body == image.manifest.data, r
-    r = registry.request("GET", f"/v2/{repo}/blobs/{image.layers[0].digest}", auth=None)
-    assert r.status == 200 and r.body == image.layers[0].data
-    r = registry.request("GET", f"/v2/{repo}/tags/list", auth=None)
-    assert r.status == 200 and r.json()["tags"] == ["v1"]
-    r = registry.request("POST", f"/v2/{repo}/blobs/uploads/", auth=None)
-    expect_challenge(registry, r, f"repository:{repo}:pull,push")
-    r = registry.request("DELETE", f"/v2/{repo}/manifests/{image.digest}", auth=None)
-    expect_challenge(registry, r)
-    r = registry.request("GET", f"/v2/{private}/app/manifests/v1", auth=None)
-    expect_challenge(registry, r, f"repository:{private}/app:pull")
-    answer = get_token(registry, None, f"repository:{repo}:pull,push")
-    assert token_access(answer["token"]).get(repo) == {"pull"}
+    try:
+        r = eventually(
+            lambda: registry.request("GET", path, headers=ACCEPT, auth=None),
+            lambda r: r.status == 200,
+        )
+        assert r.status == 200 and r.body == image.manifest.data, r
+        r = registry.request("GET", f"/v2/{repo}/blobs/{image.layers[0].digest}", auth=None)
+        assert r.status == 200 and r.body == image.layers[0].data
+        r = registry.request("GET", f"/v2/{repo}/tags/list", auth=None)
+        assert r.status == 200 and r.json()["tags"] == ["v1"]
+        r = registry.request("POST", f"/v2/{repo}/blobs/uploads/", auth=None)
+        expect_challenge(registry, r, f"repository:{repo}:pull,push")
+        r = registry.request("DELETE", f"/v2/{repo}/manifests/{image.digest}", auth=None)
+        expect_challenge(registry, r)
+        r = registry.request("GET", f"/v2/{private}/app/manifests/v1", auth=None)
+        expect_challenge(registry, r, f"repository:{private}/app:pull")
+        answer = get_token(registry, None, f"repository:{repo}:pull,push")
+        assert token_access(answer["token"]).get(repo) == {"pull"}
 
-    # skopeo with an empty auth file and no --creds: the anonymous token flow.
-    out = tmp_path / "out"
-    skopeo.run(
-        "copy", "--preserve-digests", "--src-tls-verify=false", "--authfile",
-        str(client_config.auth_file), f"docker://{registry.host}/{repo}:v1", f"oci:{out}:v1",
-    )  # fmt: skip
-    pulled = read_layout(out)
-    assert pulled.ref("v1")["digest"] == image.digest
-    for blob in image.blobs:
-        assert pulled.blobs.get(blob.digest) == blob.data
-
-    registry.iam("revoke", "--scope", f"project:{project}", "--principal", "allUsers")
+        # skopeo with an empty auth file and no --creds: the anonymous token flow.
+        out = tmp_path / "out"
+        skopeo.run(
+            "copy", "--preserve-digests", "--src-tls-verify=false", "--authfile",
+            str(client_config.auth_file), f"docker://{registry.host}/{repo}:v1", f"oci:{out}:v1",
+        )  # fmt: skip
+        pulled = read_layout(out)
+        assert pulled.ref("v1")["digest"] == image.digest
+        for blob in image.blobs:
+            assert pulled.blobs.get(blob.digest) == blob.data
+    finally:
+        # Public projects would show in every later catalog: make it private again.
+        registry.iam("revoke", "--scope", f"project:{project}", "--principal", "allUsers")
     r = eventually(
         lambda: registry.request("GET", path, headers=ACCEPT, auth=None),
         lambda r: r.status != 200,
@@ -1296,16 +1324,25 @@ def test_deleted_and_unknown_service_account_keys(
 
 def test_disabled_service_account_key(registry: Registry, tmp_path: Path, tokens: TokenWorld):
     """`iam key disable`: the key stops working at once (401 UNAUTHORIZED, nothing
-    changes); `iam key enable` brings it back."""
+    changes), and so does a token issued for it before; `iam key enable` brings the key
+    back."""
     sa = cli_service_account(registry, tokens.project, f"dis-{uid()}", tmp_path)
     path = f"/v2/{tokens.repo}/manifests/v1"
     assert registry.request("GET", path, headers=ACCEPT, auth=sa.auth).status == 200
+    token = get_token(registry, sa.auth, f"repository:{tokens.repo}:pull")["token"]
     registry.iam("key", "disable", sa.key_id)
     r = eventually(
         lambda: registry.request("GET", path, headers=ACCEPT, auth=sa.auth),
         lambda r: r.status != 200,
     )
     expect_challenge(registry, r)
+    r = eventually(
+        lambda: registry.request("GET", path, headers={**ACCEPT, **bearer(token)}),
+        lambda r: r.status != 200,
+    )
+    # As for a deleted key: refused as stale credentials (401) or as no rights (403).
+    assert r.status in (401, 403), f"a disabled key's token still works: {r.status} {r.body!r}"
+    r.expect_error(r.status, "UNAUTHORIZED" if r.status == 401 else "DENIED")
     for answer in attempt_changes(registry, tokens.repo, _basic(sa.auth), count=2):
         expect_challenge(registry, answer)
     assert_unchanged(registry, tokens)
