@@ -250,6 +250,14 @@ class Iam:
         binding = pb.Binding(scope=parse_scope(scope), principal=principal, role=role)
         self.stub.Grant(pb.GrantRequest(caller=self.caller, binding=binding), timeout=30)
 
+    def service_account(self, project: str, name: str) -> str:
+        """A service account in `project`; its email."""
+        reply = self.stub.CreateServiceAccount(
+            pb.CreateServiceAccountRequest(caller=self.caller, project=project, name=name),
+            timeout=30,
+        )
+        return reply.email
+
     def bindings(self, principal: str) -> list[tuple[str, str, str]]:
         """A principal's bindings as (scope kind, scope name, role)."""
         reply = self.stub.ListBindings(
@@ -313,6 +321,18 @@ def cli_service_account(
     key_file = directory / f"{name}-key.json"
     key_id = registry.iam("key", "create", email, "--output", str(key_file)).strip()
     cli_grant(registry, f"project:{project}", f"serviceAccount:{email}", role)
+    return ServiceAccount(email, key_id, key_file)
+
+
+def service_account_with_key(
+    registry: Registry, iam: Iam, project: str, name: str, directory: Path, role: str = "editor"
+) -> ServiceAccount:
+    """A service account and its binding made over gRPC (quick), its key with the CLI
+    (`iam key create`, which generates the key pair and writes the key file)."""
+    email = iam.service_account(project, name)
+    iam.grant(f"project:{project}", f"serviceAccount:{email}", role)
+    key_file = directory / f"{name}-key.json"
+    key_id = registry.iam("key", "create", email, "--output", str(key_file)).strip()
     return ServiceAccount(email, key_id, key_file)
 
 
@@ -719,15 +739,17 @@ def test_roles_that_cannot_be_bound(registry: Registry, iam: Iam, world: World):
     r.expect_error(403, "DENIED")
 
 
-def test_revoke_disable_and_password_change_take_effect_at_once(registry: Registry, world: World):
-    """Through the CLI: a user's binding revoked, the user disabled, re-enabled, their
+def test_revoke_disable_and_password_change_take_effect_at_once(
+    registry: Registry, iam: Iam, world: World
+):
+    """With the CLI: a user's binding revoked, the user disabled, re-enabled, their
     password changed — each seen by the gateway at once (its caches follow the policy
     version), with 403 DENIED for a user without the right and 401 UNAUTHORIZED for
     credentials that no longer hold."""
     repo = world.r1
     path = f"/v2/{repo}/manifests/v1"
-    user = cli_user(registry, "life")
-    cli_grant(registry, f"project:{world.p1}", user.principal, "viewer")
+    user = iam.user("life")
+    iam.grant(f"project:{world.p1}", user.principal, "viewer")
     r = registry.request("GET", path, headers=ACCEPT, auth=user.auth)
     assert r.status == 200, r
 
@@ -1259,11 +1281,13 @@ def _basic(auth: tuple[str, str]) -> dict[str, str]:
     return {"Authorization": basic_auth(*auth)}
 
 
-def test_key_file_with_another_private_key(registry: Registry, tmp_path: Path, tokens: TokenWorld):
+def test_key_file_with_another_private_key(
+    registry: Registry, iam: Iam, tmp_path: Path, tokens: TokenWorld
+):
     """A key file whose private key is not the one registered for its key id (same id and
     email, another key pair) authenticates nobody: 401 UNAUTHORIZED on the API and at the
     token endpoint, and nothing changes; the genuine file works."""
-    sa = cli_service_account(registry, tokens.project, f"swap-{uid()}", tmp_path)
+    sa = service_account_with_key(registry, iam, tokens.project, f"swap-{uid()}", tmp_path)
     path = f"/v2/{tokens.repo}/manifests/v1"
     assert registry.request("GET", path, headers=ACCEPT, auth=sa.auth).status == 200
 
@@ -1284,12 +1308,12 @@ def test_key_file_with_another_private_key(registry: Registry, tmp_path: Path, t
 
 
 def test_deleted_and_unknown_service_account_keys(
-    registry: Registry, tmp_path: Path, tokens: TokenWorld
+    registry: Registry, iam: Iam, tmp_path: Path, tokens: TokenWorld
 ):
     """`iam key delete`: the key file stops working at once (401 UNAUTHORIZED), and so
     does a token issued for that key before (refused: the key is gone); the account's
     other key keeps working. A key file naming a key id that never existed is 401 too."""
-    sa = cli_service_account(registry, tokens.project, f"del-{uid()}", tmp_path)
+    sa = service_account_with_key(registry, iam, tokens.project, f"del-{uid()}", tmp_path)
     doomed = cli_new_key(registry, sa, tmp_path / "doomed.json")
     path = f"/v2/{tokens.repo}/manifests/v1"
     for key in (sa, doomed):
@@ -1322,11 +1346,13 @@ def test_deleted_and_unknown_service_account_keys(
     assert_unchanged(registry, tokens)
 
 
-def test_disabled_service_account_key(registry: Registry, tmp_path: Path, tokens: TokenWorld):
+def test_disabled_service_account_key(
+    registry: Registry, iam: Iam, tmp_path: Path, tokens: TokenWorld
+):
     """`iam key disable`: the key stops working at once (401 UNAUTHORIZED, nothing
     changes), and so does a token issued for it before; `iam key enable` brings the key
     back."""
-    sa = cli_service_account(registry, tokens.project, f"dis-{uid()}", tmp_path)
+    sa = service_account_with_key(registry, iam, tokens.project, f"dis-{uid()}", tmp_path)
     path = f"/v2/{tokens.repo}/manifests/v1"
     assert registry.request("GET", path, headers=ACCEPT, auth=sa.auth).status == 200
     token = get_token(registry, sa.auth, f"repository:{tokens.repo}:pull")["token"]
@@ -1577,13 +1603,15 @@ def test_oauth2_password_grant(registry: Registry, iam: Iam, tokens: TokenWorld,
     r.expect_error(401, "UNAUTHORIZED")
 
 
-def test_refresh_token_of_a_deleted_user_is_refused(registry: Registry, tokens: TokenWorld):
+def test_refresh_token_of_a_deleted_user_is_refused(
+    registry: Registry, iam: Iam, tokens: TokenWorld
+):
     """A refresh token outlives nothing: after `iam user delete`, exchanging the user's
     refresh token is 401 UNAUTHORIZED (and so after `iam user disable`)."""
-    gone, disabled = cli_user(registry, "gone"), cli_user(registry, "frozen")
+    gone, disabled = iam.user("gone"), iam.user("frozen")
     refresh = {}
     for user in (gone, disabled):
-        cli_grant(registry, f"project:{tokens.project}", user.principal, "viewer")
+        iam.grant(f"project:{tokens.project}", user.principal, "viewer")
         refresh[user.name] = get_token(registry, user.auth, offline=True)["refresh_token"]
     form = {
         "grant_type": "refresh_token",
@@ -1720,17 +1748,16 @@ def test_audit_log_records_iam_changes_and_deletes(registry: Registry, tmp_path:
     assert delete["detail"]["digest"] == image.digest
 
 
-def test_iam_cli_lists_as_json_lines(registry: Registry, tmp_path: Path):
+def test_iam_cli_lists_as_json_lines(registry: Registry, iam: Iam, tmp_path: Path):
     """`--json` on the list commands (as documented: `iam user list --json`, …) prints one
-    JSON object a line, and what the other commands made is in them (a key list holds
-    the public key only)."""
+    JSON object a line holding what was made (a key list holds the public key only)."""
     org = f"cliorg{uid()}"
     project = f"clip{uid()}"
-    registry.iam("org", "create", org)
-    registry.iam("project", "create", project, "--org", org)
-    user = cli_user(registry, "lister")
-    sa = cli_service_account(registry, project, "lister", tmp_path, role="viewer")
-    cli_grant(registry, f"project:{project}", user.principal, "artifact_store_editor")
+    iam.organization(org)
+    iam.project(project, org)
+    user = iam.user("lister")
+    sa = service_account_with_key(registry, iam, project, "lister", tmp_path, role="viewer")
+    iam.grant(f"project:{project}", user.principal, "artifact_store_editor")
 
     assert org in {o["name"] for o in registry.iam_json("org", "list")}
     projects = {p["name"]: p for p in registry.iam_json("project", "list", "--org", org)}
