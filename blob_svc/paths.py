@@ -12,9 +12,16 @@ per shape::
     │                                           whenever it is visible
     └── uploads/                                upload sessions in progress
         └── <upload id>/                        1-64 characters of [A-Za-z0-9-]
-            ├── startedat                       RFC 3339 UTC time the session began
-            └── data                            the bytes received so far; the session
-                                                exists exactly when this file does
+            ├── startedat                       RFC 3339 UTC time the session began; on
+            │                                   object storage the session exists
+            │                                   exactly when this object does
+            ├── data                            local storage: the bytes received so
+            │                                   far; the session exists exactly when
+            │                                   this file does
+            └── parts/                          object storage (no appends): the bytes
+                └── <offset>                    received so far as objects, each named
+                                                by its first byte's offset (20 digits,
+                                                so names sort as offsets do)
 
 `scans/…` (vulnerability reports) shares the root but belongs to scan_svc.
 
@@ -36,6 +43,8 @@ BLOBS = "blobs"
 UPLOADS = "uploads"
 DATA = "data"
 STARTED_AT = "startedat"
+PARTS = "parts"
+_OFFSET_DIGITS = 20
 
 _UPLOAD_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 
@@ -99,3 +108,21 @@ def upload_started_at(root: str, upload_id: str) -> str:
     """`<root>/uploads/<id>/startedat`: when the session began (for GC of sessions that
     metadata_svc no longer knows)."""
     return _join(upload_dir(root, upload_id), STARTED_AT)
+
+
+def upload_parts_dir(root: str, upload_id: str) -> str:
+    """`<root>/uploads/<id>/parts`: a session's part objects (object storage)."""
+    return _join(upload_dir(root, upload_id), PARTS)
+
+
+def upload_part(root: str, upload_id: str, offset: int) -> str:
+    """`<root>/uploads/<id>/parts/<offset>`: the part object whose first byte is byte
+    `offset` of the session."""
+    return _join(upload_parts_dir(root, upload_id), f"{offset:0{_OFFSET_DIGITS}d}")
+
+
+def part_offset(name: str) -> int | None:
+    """The offset a part object's base name stands for, or None if it names no part."""
+    if len(name) != _OFFSET_DIGITS or not (name.isascii() and name.isdigit()):
+        return None
+    return int(name)
