@@ -22,6 +22,16 @@ def _bool(value: str) -> bool:
     raise ValueError(f"not a boolean: {value!r}")
 
 
+def _local_gateway(address: str) -> str:
+    """The gateway listening at `address`, as a client on this host names it: a wildcard
+    host (0.0.0.0, ::, none) becomes `localhost` (so the default is `localhost:7111`)."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    if host in ("", "0.0.0.0", "::"):
+        host = "localhost"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Every setting of every service; each process reads the ones it needs."""
@@ -53,6 +63,19 @@ class Settings:
     token_realm: str
     token_ttl_seconds: int
     refresh_token_ttl_seconds: int
+    # The scan worker (scan_svc).
+    fdb_directory: str
+    trivy_path: str
+    trivy_server: str
+    registry_host: str
+    scan_batch_size: int
+    scan_reschedule_seconds: float
+    scan_lease_seconds: float
+    scan_retry_seconds: float
+    scan_poll_seconds: float
+    scan_max_unpacked_bytes: int
+    scan_scratch_dir: Path
+    scan_key_file: Path
 
     @property
     def kv_path(self) -> Path:
@@ -66,8 +89,9 @@ class Settings:
         data_dir = Path(e.get("ARTS_DATA_DIR", "./data")).absolute()
         run = data_dir / "run"
         metadata_address = e.get("ARTS_METADATA_ADDRESS", f"unix:{run / 'metadata.sock'}")
+        address = e.get("ARTIFACT_STORE_ADDRESS", "0.0.0.0:7111")
         return cls(
-            address=e.get("ARTIFACT_STORE_ADDRESS", "0.0.0.0:7111"),
+            address=address,
             directory=e.get("ARTIFACT_STORE_DIRECTORY", "registry"),
             ares_client_address=e.get("ARES_CLIENT_ADDRESS", "http://localhost:9182"),
             scan_on_push=_bool(e.get("ARTS_SCAN_ON_PUSH", "true")),
@@ -98,4 +122,20 @@ class Settings:
             token_realm=e.get("ARTS_TOKEN_REALM", ""),
             token_ttl_seconds=int(e.get("ARTS_TOKEN_TTL_SECS", "300")),
             refresh_token_ttl_seconds=int(e.get("ARTS_REFRESH_TOKEN_TTL_SECS", str(30 * 86400))),
+            fdb_directory=e.get("FDB_DIRECTORY") or e.get("ARTIFACT_STORE_DIRECTORY", "registry"),
+            trivy_path=e.get("ARTS_TRIVY_PATH", "trivy"),
+            trivy_server=e.get("ARTS_TRIVY_SERVER", ""),
+            registry_host=e.get("ARTS_REGISTRY_HOST") or _local_gateway(address),
+            scan_batch_size=int(e.get("ARTS_SCAN_BATCH_SIZE", "8")),
+            scan_reschedule_seconds=float(e.get("ARTS_SCAN_RESCHEDULE_SECS", "3600")),
+            scan_lease_seconds=float(e.get("ARTS_SCAN_LEASE_SECS", "300")),
+            scan_retry_seconds=float(e.get("ARTS_SCAN_RETRY_SECS", "30")),
+            scan_poll_seconds=float(e.get("ARTS_SCAN_POLL_SECS", "1")),
+            scan_max_unpacked_bytes=int(e.get("ARTS_SCAN_MAX_UNPACKED_BYTES", str(32 << 30))),
+            scan_scratch_dir=Path(
+                e.get("ARTS_SCAN_SCRATCH_DIR", str(data_dir / "scan-scratch"))
+            ).absolute(),
+            scan_key_file=Path(
+                e.get("ARTS_SCAN_KEY_FILE", str(data_dir / "keys" / "scanner.json"))
+            ).absolute(),
         )

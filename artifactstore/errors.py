@@ -42,6 +42,8 @@ class Reason(enum.StrEnum):
     PAGINATION_INVALID = "PAGINATION_INVALID"
     UNAVAILABLE = "UNAVAILABLE"
     ALREADY_EXISTS = "ALREADY_EXISTS"
+    # A severity that is not CRITICAL, HIGH, MEDIUM, LOW or UNKNOWN (scan filters, policies).
+    SEVERITY_INVALID = "SEVERITY_INVALID"
 
 
 # The gRPC status each reason travels with.
@@ -66,6 +68,7 @@ GRPC_CODES: dict[Reason, grpc.StatusCode] = {
     Reason.PAGINATION_INVALID: grpc.StatusCode.INVALID_ARGUMENT,
     Reason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
     Reason.ALREADY_EXISTS: grpc.StatusCode.ALREADY_EXISTS,
+    Reason.SEVERITY_INVALID: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 

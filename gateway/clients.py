@@ -19,11 +19,13 @@ from artifactstore.config import Settings
 from artifactstore.errors import RegistryError
 from artifactstore.iam.v1 import iam_pb2_grpc
 from artifactstore.metadata.v1 import metadata_pb2_grpc
+from artifactstore.scan.v1 import scan_pb2_grpc
 
 if TYPE_CHECKING:
     from artifactstore.blob.v1.blob_pb2_grpc import BlobServiceAsyncStub
     from artifactstore.iam.v1.iam_pb2_grpc import IamServiceAsyncStub
     from artifactstore.metadata.v1.metadata_pb2_grpc import MetadataServiceAsyncStub
+    from artifactstore.scan.v1.scan_pb2_grpc import ScanServiceAsyncStub
 
 
 def translate(err: grpc.aio.AioRpcError) -> Exception:
@@ -41,6 +43,9 @@ class Clients:
     # The authorisation service: metadata_svc's IamService unless ARTS_IAM_ADDRESS names
     # another implementation of the same contract.
     iam: IamServiceAsyncStub
+    # Vulnerability scan results and requests (the gateway's readiness does not depend on
+    # it: pushes and pulls never wait for scanning).
+    scan: ScanServiceAsyncStub
     # Health checking of each backend, by the service it reaches.
     health: dict[str, Any]
 
@@ -84,21 +89,27 @@ class Clients:
 
 @contextlib.asynccontextmanager
 async def connect(settings: Settings) -> AsyncIterator[Clients]:
-    """Open the channels to metadata_svc, blob_svc and the IAM service (one per distinct
-    address) for the life of the context.
+    """Open the channels to metadata_svc, blob_svc, the IAM service and scan_svc (one per
+    distinct address) for the life of the context.
 
     Channels connect lazily: a service that is not up yet only fails the calls made to
     it (UNAVAILABLE), never the gateway's start.
     """
     channels = {
         address: rpc.channel(address, unary_timeout=settings.rpc_timeout_seconds)
-        for address in (settings.metadata_address, settings.blob_address, settings.iam_address)
+        for address in (
+            settings.metadata_address,
+            settings.blob_address,
+            settings.iam_address,
+            settings.scan_address,
+        )
     }
     try:
         yield Clients(
             metadata=metadata_pb2_grpc.MetadataServiceStub(channels[settings.metadata_address]),
             blob=blob_pb2_grpc.BlobServiceStub(channels[settings.blob_address]),
             iam=iam_pb2_grpc.IamServiceStub(channels[settings.iam_address]),
+            scan=scan_pb2_grpc.ScanServiceStub(channels[settings.scan_address]),
             # The typeshed stubs of grpcio-health-checking omit HealthStub's methods, hence Any.
             health={
                 "metadata": health_pb2_grpc.HealthStub(channels[settings.metadata_address]),

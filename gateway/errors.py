@@ -67,6 +67,8 @@ ERRORS: dict[Reason, HttpError] = {
     Reason.UNAVAILABLE: HttpError(503, "UNAVAILABLE"),
     # Administrative API only: creating what already exists.
     Reason.ALREADY_EXISTS: HttpError(409, "DENIED"),
+    # Vulnerability API only: a severity filter that names no severity.
+    Reason.SEVERITY_INVALID: HttpError(400, "UNSUPPORTED"),
 }
 
 # aiohttp's own errors (no route, method not allowed, …) by status; other 4xx → UNSUPPORTED.

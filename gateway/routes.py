@@ -25,12 +25,14 @@ from gateway.handlers import (
     tags,
     token,
     uploads,
+    vulnerabilities,
 )
 
 NAME = "{name:.+}"
 _MANIFEST = f"/v2/{NAME}/manifests/{{reference}}"
 _UPLOAD = f"/v2/{NAME}/blobs/uploads/{{upload_id}}"
 _BLOB = f"/v2/{NAME}/blobs/{{digest}}"
+_SCANNED = f"/api/v1/repositories/{NAME}/manifests/{{reference}}"
 
 
 class Route(NamedTuple):
@@ -73,6 +75,15 @@ ROUTES = [
     Route(DEL, _BLOB, blobs.delete_blob, "blob", DELETE),  # end-10
     # end-12a, end-12b
     Route(GET, f"/v2/{NAME}/referrers/{{digest}}", referrers.list_referrers, "referrers", PULL),
+    # The registry's own API: vulnerability scans, under the same access control as pulls.
+    Route(
+        GET,
+        f"{_SCANNED}/vulnerabilities",
+        vulnerabilities.list_vulnerabilities,
+        "vulnerabilities",
+        PULL,
+    ),
+    Route(POST, f"{_SCANNED}/scan", vulnerabilities.request_scan, "scan", PULL),
 ]
 
 

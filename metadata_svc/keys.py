@@ -21,6 +21,10 @@ ARTIFACT_STORE_DIRECTORY. The first element numbers the area; numbers are never 
     (22, queue, dedup key)              → task id: a task not yet done for this key
     (23, queue, task)                   → parked task (JSON): failed too often
     (24, queue, counter)                → atomic int64 LE: "pending", "parked"
+    (40, repo, digest)                  → latest scan summary of a manifest (JSON: status,
+                                          counts, time, analyzer, report location, …)
+    (41, project)                       → the project's scan policy (JSON)
+    (42, job)                           → last run of a periodic scan job (JSON: at, by)
 
 The platform's IAM data lives in its own directory, ARTS_METADATA_DIRECTORY:
 
@@ -74,6 +78,9 @@ class Area(enum.IntEnum):
     QUEUE_DEDUP = 22
     QUEUE_PARKED = 23
     QUEUE_COUNTER = 24
+    SCAN_SUMMARY = 40
+    SCAN_POLICY = 41
+    SCAN_SCHEDULE = 42
 
 
 # Leaves headroom under the 100,000-byte value limit.
@@ -104,6 +111,9 @@ class Keyspace:
 
     def manifest(self, repo: str, digest: str) -> bytes:
         return self.root.pack((Area.MANIFEST, repo, digest))
+
+    def manifests(self) -> Subspace:
+        return self.root.subspace((Area.MANIFEST,))
 
     def manifest_part(self, repo: str, digest: str, part: int) -> bytes:
         return self.root.pack((Area.MANIFEST_PART, repo, digest, part))
@@ -153,6 +163,9 @@ class Keyspace:
     def parent_of_manifest(self, repo: str, child: str, parent: str) -> bytes:
         return self.root.pack((Area.PARENT_OF_MANIFEST, repo, child, parent))
 
+    def parents_of_manifest(self, repo: str, child: str) -> Subspace:
+        return self.root.subspace((Area.PARENT_OF_MANIFEST, repo, child))
+
     def manifest_of_blob(self, repo: str, blob: str, manifest: str) -> bytes:
         return self.root.pack((Area.MANIFEST_OF_BLOB, repo, blob, manifest))
 
@@ -179,6 +192,18 @@ class Keyspace:
 
     def queue_counter(self, queue: str, counter: str) -> bytes:
         return self.root.pack((Area.QUEUE_COUNTER, queue, counter))
+
+    def scan_summary(self, repo: str, digest: str) -> bytes:
+        return self.root.pack((Area.SCAN_SUMMARY, repo, digest))
+
+    def scan_summaries(self) -> Subspace:
+        return self.root.subspace((Area.SCAN_SUMMARY,))
+
+    def scan_policy(self, project: str) -> bytes:
+        return self.root.pack((Area.SCAN_POLICY, project))
+
+    def scan_schedule(self, job: str) -> bytes:
+        return self.root.pack((Area.SCAN_SCHEDULE, job))
 
 
 @enum.unique

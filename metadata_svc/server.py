@@ -1,5 +1,6 @@
 """Assembles metadata_svc's gRPC server around the one KV store of the mesh: registry
-metadata (MetadataService) and IAM (IamService) side by side."""
+metadata (MetadataService), scan results and policies (ScanMetadataService) and IAM
+(IamService) side by side."""
 
 from __future__ import annotations
 
@@ -9,15 +10,22 @@ import logging
 
 from opentelemetry import propagate
 
-from artifactstore import access, metrics, rpc
+from artifactstore import access, metrics, rpc, scanning
 from artifactstore.config import Settings
 from artifactstore.iam.v1 import iam_pb2, iam_pb2_grpc
-from artifactstore.metadata.v1 import metadata_pb2, metadata_pb2_grpc
+from artifactstore.metadata.v1 import (
+    metadata_pb2,
+    metadata_pb2_grpc,
+    scans_pb2,
+    scans_pb2_grpc,
+)
 from metadata_svc.iam import IamStore
 from metadata_svc.iam_service import IamServicer
 from metadata_svc.kv import Transaction, open_database
 from metadata_svc.observe import StoreCollector
 from metadata_svc.queues import QueueStore
+from metadata_svc.scans import ScanStore
+from metadata_svc.scans_service import ScanMetadataServicer
 from metadata_svc.service import MetadataServicer
 from metadata_svc.store import ManifestRecord, MetadataStore
 
@@ -41,7 +49,7 @@ async def main(settings: Settings) -> None:
             tr,
             settings.scan_queue,
             json.dumps({"repository": repository, "digest": record.digest}),
-            dedup_key=f"{repository}@{record.digest}",
+            dedup_key=scanning.dedup_key(repository, record.digest),
             trace_context=context,
         )
 
@@ -57,11 +65,21 @@ async def main(settings: Settings) -> None:
     metrics.REGISTRY.register(StoreCollector(db, store.keys, store.queues))
     metadata = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
     iam_name = iam_pb2.DESCRIPTOR.services_by_name["IamService"].full_name
+    scans_name = scans_pb2.DESCRIPTOR.services_by_name["ScanMetadataService"].full_name
     servicers = [
         rpc.Servicer(
             metadata_pb2_grpc.add_MetadataServiceServicer_to_server,
             MetadataServicer(store, QueueStore(db, store.queues)),
             metadata,
+        ),
+        rpc.Servicer(
+            scans_pb2_grpc.add_ScanMetadataServiceServicer_to_server,
+            ScanMetadataServicer(
+                ScanStore(db, store.scans, store.keys),
+                settings.directory,
+                settings.metadata_directory,
+            ),
+            scans_name,
         ),
         rpc.Servicer(
             iam_pb2_grpc.add_IamServiceServicer_to_server,

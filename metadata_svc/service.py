@@ -11,6 +11,7 @@ import grpc
 from artifactstore.metadata.v1 import metadata_pb2 as pb
 from artifactstore.metadata.v1 import metadata_pb2_grpc
 from metadata_svc.queues import QueueStore, Task
+from metadata_svc.scans_service import policy_to_pb, summary_to_pb
 from metadata_svc.store import MetadataStore, UploadRecord
 
 Context = grpc.aio.ServicerContext
@@ -59,10 +60,14 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
 
     async def GetManifest(self, request: pb.GetManifestRequest, context: Context) -> pb.Manifest:
         manifest = await self._store.get_manifest(
-            request.repository, request.reference, with_content=request.include_content
+            request.repository,
+            request.reference,
+            with_content=request.include_content,
+            with_scan_policy=request.include_scan_policy,
+            with_vulnerabilities=request.include_vulnerabilities,
         )
         r = manifest.record
-        return pb.Manifest(
+        reply = pb.Manifest(
             digest=r.digest,
             media_type=r.media_type,
             size=r.size,
@@ -70,6 +75,14 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
             subject_digest=r.subject,
             artifact_type=r.artifact_type,
         )
+        scan = manifest.scan
+        if scan is not None and scan.policy is not None:
+            reply.scan_policy.CopyFrom(policy_to_pb(scan.policy))
+        if scan is not None and (scan.summary is not None or request.include_vulnerabilities):
+            reply.vulnerabilities.CopyFrom(
+                summary_to_pb(scan.summary, request.repository, r.digest)
+            )
+        return reply
 
     async def DeleteManifest(
         self, request: pb.DeleteManifestRequest, context: Context

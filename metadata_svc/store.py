@@ -23,6 +23,7 @@ from artifactstore.names import check_name, check_tag
 from metadata_svc.keys import PART_BYTES, Keyspace, decode_int, encode_int
 from metadata_svc.kv import Database, Transaction
 from metadata_svc.queues import Queues
+from metadata_svc.scans import Scans, ScanView
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
@@ -43,10 +44,12 @@ class ManifestRecord:
 
 @dataclass(frozen=True)
 class Manifest:
-    """A manifest as read back: its record and, when asked for, its body."""
+    """A manifest as read back: its record and, when asked for, its body and what
+    scanning knows about it."""
 
     record: ManifestRecord
     content: bytes = b""
+    scan: ScanView | None = None
 
 
 @dataclass(frozen=True)
@@ -103,6 +106,7 @@ class MetadataStore:
         self._on_new_repository = on_new_repository
         self._on_new_manifest = on_new_manifest
         self.queues = Queues(self._keys)
+        self.scans = Scans(self._keys)
 
     @property
     def keys(self) -> Keyspace:
@@ -241,8 +245,21 @@ class MetadataStore:
             )
         return target.decode()
 
-    async def get_manifest(self, repo: str, reference: str, *, with_content: bool) -> Manifest:
-        """A manifest by tag or digest; MANIFEST_UNKNOWN (or NAME_UNKNOWN) when absent."""
+    async def get_manifest(
+        self,
+        repo: str,
+        reference: str,
+        *,
+        with_content: bool,
+        with_scan_policy: bool = False,
+        with_vulnerabilities: bool = False,
+    ) -> Manifest:
+        """A manifest by tag or digest; MANIFEST_UNKNOWN (or NAME_UNKNOWN) when absent.
+
+        With `with_scan_policy` or `with_vulnerabilities`, also its project's scan policy
+        and (when asked for, or when the policy blocks on findings) its scan summary, read
+        in the same transaction (`Scans.view`).
+        """
         check_name(repo)
         keys = self._keys
 
@@ -255,10 +272,13 @@ class MetadataStore:
                     Reason.MANIFEST_UNKNOWN, f"manifest {digest} is not known", digest=digest
                 )
             record = ManifestRecord(**json.loads(raw))
+            scan = None
+            if with_scan_policy or with_vulnerabilities:
+                scan = self.scans.view(tr, repo, digest, with_summary=with_vulnerabilities)
             if not with_content:
-                return Manifest(record)
+                return Manifest(record, scan=scan)
             parts = tr.get_range_startswith(keys.manifest_parts(repo, digest).key())
-            return Manifest(record, b"".join(v for _, v in parts))
+            return Manifest(record, b"".join(v for _, v in parts), scan)
 
         return await self._db.run(fn)
 
@@ -300,6 +320,7 @@ class MetadataStore:
                 tr.clear(keys.referrer(repo, record.subject, digest))
             tr.clear_range_startswith(keys.manifest_parts(repo, digest).key())
             tr.clear(keys.manifest(repo, digest))
+            self.scans.forget(tr, repo, digest)
             return digest, tags
 
         return await self._db.run(fn)

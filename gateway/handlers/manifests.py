@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from aiohttp import hdrs, web
 
+from artifactstore import access, scanning
+from artifactstore.errors import Reason, RegistryError
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
 from gateway import audit, params
+from gateway.auth import identity
 from gateway.bodies import read_manifest
 from gateway.keys import clients
 from gateway.responses import CONTENT_DIGEST, OCI_SUBJECT
@@ -17,18 +20,41 @@ def _location(name: str, digest: str) -> str:
     return f"/v2/{name}/manifests/{digest}"
 
 
+def _refuse_by_scan_policy(request: web.Request, name: str, manifest: md.Manifest) -> None:
+    """DENIED when the project's scan policy refuses this manifest's findings (everyone
+    but the scanner, which must pull to rescan)."""
+    block = manifest.scan_policy.block_severity
+    if not block or scanning.is_scanner(identity(request).principal):
+        return
+    counts = {s: getattr(manifest.vulnerabilities.counts, s.lower()) for s in scanning.SEVERITIES}
+    message = scanning.pull_denial(access.project_of(name), block, counts)
+    if message is not None:
+        raise RegistryError(Reason.DENIED, message, name=name, digest=manifest.digest)
+
+
 async def get_manifest(request: web.Request) -> web.Response:
     """The manifest a tag or digest names, with the media type it was pushed with as
-    Content-Type; HEAD gives the same headers without the body (nor fetches it)."""
+    Content-Type; HEAD gives the same headers without the body (nor fetches it).
+
+    A GET is refused (403 DENIED, naming the counts) when the project's scan policy blocks
+    the manifest's findings; the policy and the scan summary come with the manifest, read
+    in its transaction, so enforcing it costs no call of its own. HEAD is not refused: it
+    reveals a digest, not content.
+    """
     name = params.repository(request)
     head = request.method == hdrs.METH_HEAD
     manifest = await call(
         clients(request).metadata.GetManifest(
             md.GetManifestRequest(
-                repository=name, reference=params.reference(request), include_content=not head
+                repository=name,
+                reference=params.reference(request),
+                include_content=not head,
+                include_scan_policy=not head,
             )
         )
     )
+    if not head:
+        _refuse_by_scan_policy(request, name, manifest)
     headers = {
         hdrs.CONTENT_TYPE: manifest.media_type,
         CONTENT_DIGEST: manifest.digest,

@@ -39,6 +39,7 @@ ARGS = {
     "task": "t1",
     "dedup_key": "repo@sha256:x",
     "counter": "pending",
+    "job": "rescan",
 }
 SHAPES = [
     (space, name)

@@ -15,6 +15,7 @@ DIGEST_INVALID, MANIFEST_INVALID, MANIFEST_UNKNOWN, MANIFEST_BLOB_UNKNOWN,
 MANIFEST_TOO_LARGE, BLOB_UNKNOWN, BLOB_UPLOAD_UNKNOWN, UNSUPPORTED, PAGINATION_INVALID.
 """
 
+from artifactstore.metadata.v1 import scans_pb2 as _scans_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -520,20 +521,31 @@ class GetManifestRequest(_message.Message):
     REPOSITORY_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     INCLUDE_CONTENT_FIELD_NUMBER: _builtins.int
+    INCLUDE_SCAN_POLICY_FIELD_NUMBER: _builtins.int
+    INCLUDE_VULNERABILITIES_FIELD_NUMBER: _builtins.int
     repository: _builtins.str
     reference: _builtins.str
     include_content: _builtins.bool
     """False for HEAD requests: everything but the body."""
+    include_scan_policy: _builtins.bool
+    """Also answer the project's scan policy and, when that policy blocks pulls on findings,
+    the manifest's scan summary: what the edge needs to enforce the policy, read in the
+    same transaction as the manifest (one extra key read, two with a policy).
+    """
+    include_vulnerabilities: _builtins.bool
+    """Also answer the manifest's scan summary, whatever the policy."""
     def __init__(
         self,
         *,
         repository: _builtins.str = ...,
         reference: _builtins.str = ...,
         include_content: _builtins.bool = ...,
+        include_scan_policy: _builtins.bool = ...,
+        include_vulnerabilities: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_content", b"include_content", "reference", b"reference", "repository", b"repository"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_content", b"include_content", "include_scan_policy", b"include_scan_policy", "include_vulnerabilities", b"include_vulnerabilities", "reference", b"reference", "repository", b"repository"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -549,12 +561,24 @@ class Manifest(_message.Message):
     CONTENT_FIELD_NUMBER: _builtins.int
     SUBJECT_DIGEST_FIELD_NUMBER: _builtins.int
     ARTIFACT_TYPE_FIELD_NUMBER: _builtins.int
+    SCAN_POLICY_FIELD_NUMBER: _builtins.int
+    VULNERABILITIES_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
     media_type: _builtins.str
     size: _builtins.int
     content: _builtins.bytes
     subject_digest: _builtins.str
     artifact_type: _builtins.str
+    @_builtins.property
+    def scan_policy(self) -> _scans_pb2.ScanPolicy:
+        """With include_scan_policy: the project's policy (unset when it has none)."""
+
+    @_builtins.property
+    def vulnerabilities(self) -> _scans_pb2.ScanSummary:
+        """With include_vulnerabilities (or a blocking policy): the latest scan's summary
+        (status SCAN_STATUS_UNSPECIFIED when never scanned).
+        """
+
     def __init__(
         self,
         *,
@@ -564,10 +588,12 @@ class Manifest(_message.Message):
         content: _builtins.bytes = ...,
         subject_digest: _builtins.str = ...,
         artifact_type: _builtins.str = ...,
+        scan_policy: _scans_pb2.ScanPolicy | None = ...,
+        vulnerabilities: _scans_pb2.ScanSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["scan_policy", b"scan_policy", "vulnerabilities", b"vulnerabilities"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "content", b"content", "digest", b"digest", "media_type", b"media_type", "size", b"size", "subject_digest", b"subject_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact_type", b"artifact_type", "content", b"content", "digest", b"digest", "media_type", b"media_type", "scan_policy", b"scan_policy", "size", b"size", "subject_digest", b"subject_digest", "vulnerabilities", b"vulnerabilities"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,19 +22,43 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from artifactstore.metadata.v1 import metadata_pb2 as artifactstore_dot_metadata_dot_v1_dot_metadata__pb2
+from artifactstore.metadata.v1 import scans_pb2 as artifactstore_dot_metadata_dot_v1_dot_scans__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n artifactstore/scan/v1/scan.proto\x12\x15\x61rtifactstore.scan.v1\"\x17\n\x15GetServiceInfoRequest\"/\n\x0bServiceInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x32q\n\x0bScanService\x12\x62\n\x0eGetServiceInfo\x12,.artifactstore.scan.v1.GetServiceInfoRequest\x1a\".artifactstore.scan.v1.ServiceInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n artifactstore/scan/v1/scan.proto\x12\x15\x61rtifactstore.scan.v1\x1a(artifactstore/metadata/v1/metadata.proto\x1a%artifactstore/metadata/v1/scans.proto\"\x17\n\x15GetServiceInfoRequest\"\x8d\x01\n\x0bServiceInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12\x10\n\x08\x61nalyzer\x18\x03 \x01(\t\x12\r\n\x05queue\x18\x04 \x01(\t\x12\x18\n\x10\x64\x61tabase_version\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x11\n\tprincipal\x18\x07 \x01(\t\";\n\x12RequestScanRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"T\n\x13RequestScanResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12-\n\x04task\x18\x02 \x01(\x0b\x32\x1f.artifactstore.metadata.v1.Task\">\n\x15GetScanSummaryRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\"o\n\x13ListFindingsRequest\x12\x12\n\nrepository\x18\x01 \x01(\t\x12\x11\n\treference\x18\x02 \x01(\t\x12\x12\n\nseverities\x18\x03 \x03(\t\x12\r\n\x05limit\x18\x04 \x01(\x05\x12\x0e\n\x06offset\x18\x05 \x01(\x05\"\xd4\x02\n\x07\x46inding\x12\x18\n\x10vulnerability_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61liases\x18\x02 \x03(\t\x12\x14\n\x0cpackage_name\x18\x03 \x01(\t\x12\x11\n\tecosystem\x18\x04 \x01(\t\x12\x19\n\x11installed_version\x18\x05 \x01(\t\x12\x15\n\rfixed_version\x18\x06 \x01(\t\x12\x10\n\x08severity\x18\x07 \x01(\t\x12\x17\n\ncvss_score\x18\x08 \x01(\x01H\x00\x88\x01\x01\x12\r\n\x05title\x18\t \x01(\t\x12\x14\n\x0clayer_digest\x18\n \x01(\t\x12\x11\n\tfile_path\x18\x0b \x01(\t\x12\x10\n\x08platform\x18\x0c \x01(\t\x12\x17\n\x0fplatform_digest\x18\r \x01(\t\x12\x0e\n\x06status\x18\x0e \x01(\t\x12\x16\n\x0esource_package\x18\x0f \x01(\tB\r\n\x0b_cvss_score\"\xa0\x01\n\x14ListFindingsResponse\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x37\n\x07summary\x18\x02 \x01(\x0b\x32&.artifactstore.metadata.v1.ScanSummary\x12\x30\n\x08\x66indings\x18\x03 \x03(\x0b\x32\x1e.artifactstore.scan.v1.Finding\x12\r\n\x05total\x18\x04 \x01(\x05\"\x1a\n\x18GetDatabaseStatusRequest\"u\n\x0e\x44\x61tabaseSource\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x0f\n\x07records\x18\x03 \x01(\x03\x12\x11\n\twithdrawn\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x13\n\x0bimported_at\x18\x06 \x01(\x01\"\xa5\x01\n\x0e\x44\x61tabaseStatus\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\x12\x0f\n\x07records\x18\x04 \x01(\x03\x12\x36\n\x07sources\x18\x05 \x03(\x0b\x32%.artifactstore.scan.v1.DatabaseSource\x12\x16\n\x0eloaded_version\x18\x06 \x01(\t\"\'\n\x16ListParkedScansRequest\x12\r\n\x05limit\x18\x01 \x01(\x05\"I\n\x17ListParkedScansResponse\x12.\n\x05tasks\x18\x01 \x03(\x0b\x32\x1f.artifactstore.metadata.v1.Task2\x87\x05\n\x0bScanService\x12\x62\n\x0eGetServiceInfo\x12,.artifactstore.scan.v1.GetServiceInfoRequest\x1a\".artifactstore.scan.v1.ServiceInfo\x12\x64\n\x0bRequestScan\x12).artifactstore.scan.v1.RequestScanRequest\x1a*.artifactstore.scan.v1.RequestScanResponse\x12\x66\n\x0eGetScanSummary\x12,.artifactstore.scan.v1.GetScanSummaryRequest\x1a&.artifactstore.metadata.v1.ScanSummary\x12g\n\x0cListFindings\x12*.artifactstore.scan.v1.ListFindingsRequest\x1a+.artifactstore.scan.v1.ListFindingsResponse\x12k\n\x11GetDatabaseStatus\x12/.artifactstore.scan.v1.GetDatabaseStatusRequest\x1a%.artifactstore.scan.v1.DatabaseStatus\x12p\n\x0fListParkedScans\x12-.artifactstore.scan.v1.ListParkedScansRequest\x1a..artifactstore.scan.v1.ListParkedScansResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'artifactstore.scan.v1.scan_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_GETSERVICEINFOREQUEST']._serialized_start=59
-  _globals['_GETSERVICEINFOREQUEST']._serialized_end=82
-  _globals['_SERVICEINFO']._serialized_start=84
-  _globals['_SERVICEINFO']._serialized_end=131
-  _globals['_SCANSERVICE']._serialized_start=133
-  _globals['_SCANSERVICE']._serialized_end=246
+  _globals['_GETSERVICEINFOREQUEST']._serialized_start=140
+  _globals['_GETSERVICEINFOREQUEST']._serialized_end=163
+  _globals['_SERVICEINFO']._serialized_start=166
+  _globals['_SERVICEINFO']._serialized_end=307
+  _globals['_REQUESTSCANREQUEST']._serialized_start=309
+  _globals['_REQUESTSCANREQUEST']._serialized_end=368
+  _globals['_REQUESTSCANRESPONSE']._serialized_start=370
+  _globals['_REQUESTSCANRESPONSE']._serialized_end=454
+  _globals['_GETSCANSUMMARYREQUEST']._serialized_start=456
+  _globals['_GETSCANSUMMARYREQUEST']._serialized_end=518
+  _globals['_LISTFINDINGSREQUEST']._serialized_start=520
+  _globals['_LISTFINDINGSREQUEST']._serialized_end=631
+  _globals['_FINDING']._serialized_start=634
+  _globals['_FINDING']._serialized_end=974
+  _globals['_LISTFINDINGSRESPONSE']._serialized_start=977
+  _globals['_LISTFINDINGSRESPONSE']._serialized_end=1137
+  _globals['_GETDATABASESTATUSREQUEST']._serialized_start=1139
+  _globals['_GETDATABASESTATUSREQUEST']._serialized_end=1165
+  _globals['_DATABASESOURCE']._serialized_start=1167
+  _globals['_DATABASESOURCE']._serialized_end=1284
+  _globals['_DATABASESTATUS']._serialized_start=1287
+  _globals['_DATABASESTATUS']._serialized_end=1452
+  _globals['_LISTPARKEDSCANSREQUEST']._serialized_start=1454
+  _globals['_LISTPARKEDSCANSREQUEST']._serialized_end=1493
+  _globals['_LISTPARKEDSCANSRESPONSE']._serialized_start=1495
+  _globals['_LISTPARKEDSCANSRESPONSE']._serialized_end=1568
+  _globals['_SCANSERVICE']._serialized_start=1571
+  _globals['_SCANSERVICE']._serialized_end=2218
 # @@protoc_insertion_point(module_scope)

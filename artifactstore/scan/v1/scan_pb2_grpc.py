@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from artifactstore.metadata.v1 import scans_pb2 as artifactstore_dot_metadata_dot_v1_dot_scans__pb2
 from artifactstore.scan.v1 import scan_pb2 as artifactstore_dot_scan_dot_v1_dot_scan__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -39,13 +40,78 @@ class ScanServiceStub:
                 request_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetServiceInfoRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ServiceInfo.FromString,
                 _registered_method=True)
+        self.RequestScan = channel.unary_unary(
+                '/artifactstore.scan.v1.ScanService/RequestScan',
+                request_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.RequestScanRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.RequestScanResponse.FromString,
+                _registered_method=True)
+        self.GetScanSummary = channel.unary_unary(
+                '/artifactstore.scan.v1.ScanService/GetScanSummary',
+                request_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetScanSummaryRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_scans__pb2.ScanSummary.FromString,
+                _registered_method=True)
+        self.ListFindings = channel.unary_unary(
+                '/artifactstore.scan.v1.ScanService/ListFindings',
+                request_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListFindingsRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListFindingsResponse.FromString,
+                _registered_method=True)
+        self.GetDatabaseStatus = channel.unary_unary(
+                '/artifactstore.scan.v1.ScanService/GetDatabaseStatus',
+                request_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetDatabaseStatusRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.DatabaseStatus.FromString,
+                _registered_method=True)
+        self.ListParkedScans = channel.unary_unary(
+                '/artifactstore.scan.v1.ScanService/ListParkedScans',
+                request_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListParkedScansRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListParkedScansResponse.FromString,
+                _registered_method=True)
 
 
 class ScanServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetServiceInfo(self, request, context):
-        """Describes this service instance.
+        """Describes this service instance and its worker.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RequestScan(self, request, context):
+        """Queues a scan of a manifest named by tag or digest (deduplicated: a scan of it that is
+        already waiting or running is answered instead of a new one).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetScanSummary(self, request, context):
+        """The latest scan summary of a manifest by tag or digest, with `queued` set when a scan
+        of it waits or runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFindings(self, request, context):
+        """The summary and the findings of a manifest's latest scan, read from its Parquet report,
+        optionally only those of some severities; sorted by severity (CRITICAL first), then
+        package and vulnerability id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDatabaseStatus(self, request, context):
+        """The vulnerability database the built-in analyzer uses: where it is, when it was
+        imported and from what.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListParkedScans(self, request, context):
+        """Scan tasks parked after failing too often, with their last error.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -58,6 +124,31 @@ def add_ScanServiceServicer_to_server(servicer, server):
                     servicer.GetServiceInfo,
                     request_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetServiceInfoRequest.FromString,
                     response_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ServiceInfo.SerializeToString,
+            ),
+            'RequestScan': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestScan,
+                    request_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.RequestScanRequest.FromString,
+                    response_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.RequestScanResponse.SerializeToString,
+            ),
+            'GetScanSummary': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetScanSummary,
+                    request_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetScanSummaryRequest.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_scans__pb2.ScanSummary.SerializeToString,
+            ),
+            'ListFindings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFindings,
+                    request_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListFindingsRequest.FromString,
+                    response_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListFindingsResponse.SerializeToString,
+            ),
+            'GetDatabaseStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDatabaseStatus,
+                    request_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetDatabaseStatusRequest.FromString,
+                    response_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.DatabaseStatus.SerializeToString,
+            ),
+            'ListParkedScans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListParkedScans,
+                    request_deserializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListParkedScansRequest.FromString,
+                    response_serializer=artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListParkedScansResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +178,141 @@ class ScanService:
             '/artifactstore.scan.v1.ScanService/GetServiceInfo',
             artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetServiceInfoRequest.SerializeToString,
             artifactstore_dot_scan_dot_v1_dot_scan__pb2.ServiceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestScan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.scan.v1.ScanService/RequestScan',
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.RequestScanRequest.SerializeToString,
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.RequestScanResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetScanSummary(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.scan.v1.ScanService/GetScanSummary',
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetScanSummaryRequest.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_scans__pb2.ScanSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFindings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.scan.v1.ScanService/ListFindings',
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListFindingsRequest.SerializeToString,
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListFindingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDatabaseStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.scan.v1.ScanService/GetDatabaseStatus',
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.GetDatabaseStatusRequest.SerializeToString,
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.DatabaseStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListParkedScans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.scan.v1.ScanService/ListParkedScans',
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListParkedScansRequest.SerializeToString,
+            artifactstore_dot_scan_dot_v1_dot_scan__pb2.ListParkedScansResponse.FromString,
             options,
             channel_credentials,
             insecure,
