@@ -35,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode, urljoin
@@ -1479,8 +1480,7 @@ def test_wrong_credentials(registry: Registry, iam: Iam, tokens: TokenWorld):
 
 
 def _rfc3339(text: str) -> float:
-    from datetime import datetime
-
+    """Seconds since the epoch of an RFC 3339 time (`issued_at`)."""
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
