@@ -8,9 +8,10 @@ findings and package inventory.
   absolute names, escaping links) are not extracted by the unpacker; here they also fail
   the scan, because an image carrying them was made to attack whoever unpacks it.
 * `TrivyAnalyzer`, used when ARTS_TRIVY_PATH resolves to an executable: runs
-  `trivy image --format json` on `host/repo@digest` against the registry with the worker's
-  credentials in its environment (in client mode against a Trivy server when
-  ARTS_TRIVY_SERVER is set), and converts the report (`scan_svc.analysis.trivy`).
+  `trivy image --format json --image-src remote` on `host/repo@digest`, so Trivy pulls
+  from the registry (never a local Docker) with the worker's credentials in its
+  environment (in client mode against a Trivy server when ARTS_TRIVY_SERVER is set), and
+  converts the report (`scan_svc.analysis.trivy`).
 
 Both raise AnalysisError when the image itself is at fault (the scan ends in error), and
 PullError, AnalyzerFailed or OSError when the failure may pass (the task is retried).
@@ -238,6 +239,7 @@ class TrivyAnalyzer:
             username=self._credentials.username,
             password=self._credentials.password,
             insecure=self._insecure,
+            image_source="remote",
         )
         env = {**os.environ, **command.env}
         process = await asyncio.create_subprocess_exec(

@@ -48,9 +48,10 @@ import pyarrow as pa
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Link, SpanKind
+from prometheus_client import Counter, Histogram
 
 from artifactstore import mediatypes as mt
-from artifactstore import rpc
+from artifactstore import metrics, rpc
 from artifactstore.config import Settings
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.manifests import Descriptor, ParsedManifest, parse
@@ -79,6 +80,25 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 tracer = trace.get_tracer(__name__)
+
+SCANS = Counter(
+    "artifactstore_scans",
+    "Scan tasks this worker ended, by outcome: succeeded, error, unsupported (recorded on "
+    "the manifest), skipped (scanned since queued, or gone), retried (handed back).",
+    ["outcome"],
+    registry=metrics.REGISTRY,
+)
+SCAN_SECONDS = Histogram(
+    "artifactstore_scan_seconds",
+    "Time to scan a manifest: pull, analysis, report, record.",
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+    registry=metrics.REGISTRY,
+)
+QUEUED_FOR_RESCAN = Counter(
+    "artifactstore_scan_rescans_queued",
+    "Manifests this worker queued again because their last scan was too old.",
+    registry=metrics.REGISTRY,
+)
 
 RESCAN_JOB = "rescan"
 MAX_RETRY_SECONDS = 3600.0
@@ -359,17 +379,20 @@ class Worker:
                     self._scans.GetScan(sc.GetScanRequest(repository=repo, digest=digest))
                 )
                 if previous.status and previous.scanned_at >= task.enqueued_at:
-                    span.set_attribute("artifactstore.scan.outcome", "scanned since queued")
+                    outcome = "skipped"
                 else:
-                    outcome = await self._scan(repo, digest, task)
-                    span.set_attribute("artifactstore.scan.outcome", outcome)
+                    with SCAN_SECONDS.time():
+                        outcome = await self._scan(repo, digest, task)
+                span.set_attribute("artifactstore.scan.outcome", outcome)
                 await self._complete(task)
+                SCANS.labels(outcome).inc()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 span.record_exception(exc)
                 span.set_status(trace.StatusCode.ERROR, str(exc))
                 await self._retry(task, repo, digest, exc)
+                SCANS.labels("retried").inc()
 
     async def _complete(self, task: md.Task) -> None:
         try:
@@ -433,7 +456,7 @@ class Worker:
             try:
                 body, media_type = await self._client.manifest(repo, digest)
             except ManifestGone:
-                return "manifest gone"
+                return "skipped"
             targets, reason, index = await self._targets(repo, digest, body, media_type)
             outcomes = []
             for n, target in enumerate(targets):
@@ -694,6 +717,7 @@ class Worker:
                         )
                     )
                     queued += 1
+                    QUEUED_FOR_RESCAN.inc()
                 if not page.more:
                     break
                 after = (page.last_repository, page.last_digest)

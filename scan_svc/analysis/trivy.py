@@ -83,13 +83,16 @@ def image_command(
     username: str = "",
     password: str = "",
     insecure: bool = False,
+    image_source: str = "",
     list_all_packages: bool = True,
     comprehensive: bool = False,
     timeout_seconds: int = 0,
 ) -> TrivyCommand:
     """The `trivy image` invocation for a registry image (`host/repo@sha256:…`).
 
-    With `server`, Trivy runs in client mode against that Trivy server. The password goes in
+    With `server`, Trivy runs in client mode against that Trivy server. `image_source`
+    ("remote" for a registry) stops Trivy from looking for the image in a local Docker,
+    containerd or Podman first. The password goes in
     the environment (`TRIVY_PASSWORD`), never in argv, where any local user could read it
     in the process list. `list_all_packages` adds `--list-all-pkgs` so the report carries the
     package inventory. Raises AnalysisError for an empty image reference or one starting with
@@ -104,6 +107,8 @@ def image_command(
         argv += ["--username", username]
     if insecure:
         argv.append("--insecure")
+    if image_source:
+        argv += ["--image-src", image_source]
     if list_all_packages:
         argv.append("--list-all-pkgs")
     if comprehensive:

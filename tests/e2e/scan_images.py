@@ -114,6 +114,45 @@ def gz_layer(entries: Iterable[Entry]) -> tuple[bytes, bytes]:
     return raw, gzip.compress(raw, compresslevel=1, mtime=0)
 
 
+def attestation_of(image: Image) -> Image:
+    """A build attestation of `image` as BuildKit puts it in an index: an image manifest
+    whose layer is in-toto JSON (not a tar), listed under the platform unknown/unknown."""
+    statement = Blob("application/vnd.in-toto+json", canonical_json({"subject": image.digest}))
+    config = Blob(OCI_CONFIG, canonical_json({"architecture": "unknown", "os": "unknown"}))
+    manifest = Blob(
+        OCI_MANIFEST,
+        canonical_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": config.descriptor(),
+                "layers": [statement.descriptor()],
+            }
+        ),
+    )
+    platform = {"architecture": "unknown", "os": "unknown"}
+    return Image(manifest, config, (statement,), (), platform)
+
+
+def artifact() -> Image:
+    """An OCI artifact (artifactType, empty config, a text layer): not a container image."""
+    config = Blob("application/vnd.oci.empty.v1+json", b"{}")
+    note = Blob("text/plain", b"release notes\n")
+    manifest = Blob(
+        OCI_MANIFEST,
+        canonical_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "artifactType": "application/vnd.example.notes",
+                "config": config.descriptor(),
+                "layers": [note.descriptor()],
+            }
+        ),
+    )
+    return Image(manifest, config, (note,), (), {})
+
+
 def index_of(images: list[Image]) -> ImageIndex:
     """An OCI index of `images`, each under the platform it was built for."""
     doc = {

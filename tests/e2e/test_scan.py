@@ -25,6 +25,8 @@ from tests.e2e.conftest import Registry, Tool, free_port
 from tests.e2e.images import Image, write_layout
 from tests.e2e.scan_images import (
     STATUS_PATH,
+    artifact,
+    attestation_of,
     corrupt_status_layer,
     escaping_layer,
     expected_findings,
@@ -291,7 +293,8 @@ def test_index_is_scanned_per_platform(scanning: Registry) -> None:
     reg = scanning
     amd64 = vulnerable_image(COPY_STATUS.read_bytes())
     arm64 = image_of([python_layer()], architecture="arm64")
-    index = index_of([amd64, arm64])
+    # BuildKit's attestation manifests are not images: skipped, not failed.
+    index = index_of([amd64, arm64, attestation_of(amd64)])
     reg.push_image("multi/app", index, "v1")
     doc = wait_scanned(reg, "multi/app", "v1")
     summary = doc["summary"]
@@ -325,6 +328,15 @@ BAD_INPUT = {
     "symlink": (lambda target: escaping_layer("symlink", target), "outside the root"),
     "corrupt-dpkg-status": (lambda target: corrupt_status_layer(), "line 5"),
 }
+
+
+def test_artifacts_are_unsupported_not_failed(scanning: Registry) -> None:
+    reg = scanning
+    reg.push_image("odd/notes", artifact(), "v1")
+    summary = wait_scanned(reg, "odd/notes", "v1")["summary"]
+    assert summary["status"] == "unsupported", summary
+    assert "application/vnd.example.notes" in summary["message"]
+    assert summary["report_path"] == ""
 
 
 def test_bad_input_ends_in_error_and_the_worker_carries_on(

@@ -98,6 +98,7 @@ def test_image_command_keeps_the_password_out_of_argv() -> None:
         username="scanner",
         password="s3cret",
         insecure=True,
+        image_source="remote",
     )
     assert cmd.argv == (
         "/opt/trivy",
@@ -112,6 +113,8 @@ def test_image_command_keeps_the_password_out_of_argv() -> None:
         "--username",
         "scanner",
         "--insecure",
+        "--image-src",
+        "remote",
         "--list-all-pkgs",
         "registry.local:7111/proj/app@sha256:" + "a" * 64,
     )
