@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint typecheck protos protos-check test-deps clean
+.PHONY: help run test lint typecheck protos protos-check test-deps bench bench-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -28,6 +29,16 @@ test-deps: ## install the real registry clients the tests drive (Debian packages
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
 	fi
+
+bench-deps: ## install what the benchmark runs besides Python: Distribution and skopeo (Debian packages, as root)
+	@missing=""; for p in docker-registry skopeo; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+bench: $(VENV)/.installed bench-deps ## Artifact Store vs CNCF Distribution side by side, ~10 min (BENCH_ARGS="--rounds 5 --scaling --storage s3 --profile DIR …")
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 protos: $(VENV)/.installed ## regenerate the Python code of protos/ into artifactstore/<svc>/v1/
 	$(BIN)/python scripts/gen_protos.py
