@@ -17,9 +17,10 @@ from __future__ import annotations
 import json
 import os
 import socket
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -54,9 +55,9 @@ def _caller() -> pb.Caller:
     )
 
 
-async def _tolerating_existing(call: object) -> None:
+async def _tolerating_existing(call: Awaitable[Any]) -> None:
     try:
-        await rpc.call(call)  # type: ignore[arg-type]
+        await rpc.call(call)
     except RegistryError as err:
         if err.reason != Reason.ALREADY_EXISTS:
             raise

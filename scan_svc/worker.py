@@ -359,8 +359,13 @@ class Worker:
 
     async def _process(self, task: md.Task) -> None:
         """Scan what `task` names and end the task (see the module docstring)."""
-        payload = json.loads(task.payload)
-        repo, digest = str(payload["repository"]), str(payload["digest"])
+        try:
+            payload = json.loads(task.payload)
+            repo, digest = str(payload["repository"]), str(payload["digest"])
+        except (ValueError, KeyError, TypeError) as exc:
+            # Not a task this worker understands: handed back until the queue parks it.
+            await self._retry(task, "?", "?", exc)
+            return
         attributes: dict[str, str | int] = {
             "artifactstore.repository": repo,
             "artifactstore.digest": digest,
@@ -491,8 +496,11 @@ class Worker:
                 ):
                     continue
                 child_digest = str(descriptor.digest)
-                child_body, child_type = await self._client.manifest(repo, child_digest)
-                child = parse(child_body, child_type)
+                try:
+                    child_body, child_type = await self._client.manifest(repo, child_digest)
+                    child = parse(child_body, child_type)
+                except (ManifestGone, RegistryError):
+                    continue  # deleted since the index was pushed, or not a manifest
                 if _is_image(child):
                     targets.append(Target(repo, child_digest, platform, _layers(child)))
             return targets, "" if targets else "an index without container images", True

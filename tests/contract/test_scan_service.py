@@ -343,7 +343,7 @@ async def test_directories(stubs: Stubs) -> None:
 
 async def test_scan_service(stubs: Stubs, scan: ScanServiceAsyncStub) -> None:
     info = await rpc.call(scan.GetServiceInfo(pb.GetServiceInfoRequest()))
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while not info.enabled and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
         info = await rpc.call(scan.GetServiceInfo(pb.GetServiceInfoRequest()))

@@ -109,7 +109,7 @@ def vulnerabilities(reg: Registry, repo: str, reference: str, query: str = "") -
 
 
 def wait_scanned(
-    reg: Registry, repo: str, reference: str, *, timeout: float = 20.0, after: str = ""
+    reg: Registry, repo: str, reference: str, *, timeout: float = 60.0, after: str = ""
 ) -> dict[str, Any]:
     """Poll the API until the manifest has a scan result (other than the scan `after`)."""
     deadline = time.monotonic() + timeout
@@ -188,7 +188,8 @@ def test_scan_on_push_finds_exactly_what_the_data_implies(
     took = time.monotonic() - pushed
     summary = doc["summary"]
     assert summary["status"] == "succeeded", summary
-    assert took < 10, f"the scan took {took:.1f} s"
+    # Seconds, not minutes, even on a busy machine (about one on an idle one).
+    assert took < 20, f"the scan took {took:.1f} s"
     assert (summary["analyzer"], summary["attempt"]) == ("artifactstore-offline", 1)
     assert doc["digest"] == image.digest
 
@@ -256,7 +257,7 @@ def test_scan_span_links_to_the_push(scanning: Registry) -> None:
     reg.push_image("trace/app", image, "v1")
     summary = wait_scanned(reg, "trace/app", "v1")["summary"]
     traces = Path(reg.env["ARTS_TRACES_FILE"])
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while True:
         found = spans(traces)
         puts = [
@@ -378,7 +379,7 @@ def test_a_blob_that_does_not_match_its_digest_is_retried_then_parked(scanning: 
         reg.push_blob("rot/app", blob.data, blob.digest)
     reg.blob_file(layer.digest).write_bytes(bytes(len(layer.data)))
     reg.put_manifest("rot/app", "v1", image.manifest)
-    summary = wait_scanned(reg, "rot/app", "v1", timeout=30)["summary"]
+    summary = wait_scanned(reg, "rot/app", "v1")["summary"]
     assert summary["status"] == "error"
     assert "gave up after 5 attempts" in summary["message"], summary
     assert "hash to something else" in summary["message"]
@@ -405,16 +406,18 @@ def test_worker_killed_mid_scan_completes_the_task_once(scanning: Registry) -> N
     reg.push_image("slow/app", slow, "v1")
     first = reg.pid("scan")
     scratch = reg.data_dir / "scan-scratch" / str(first)
-    deadline = time.monotonic() + 15
+    deadline = time.monotonic() + 60
     while not list(scratch.glob("*/0/rootfs/arts-scan-*")):
         assert time.monotonic() < deadline, "the scan did not start"
         time.sleep(0.02)
     time.sleep(0.3)
     os.kill(first, signal.SIGKILL)
     assert vulnerabilities(reg, "slow/app", "v1")["summary"]["status"] == "not_scanned"
-    doc = wait_scanned(reg, "slow/app", "v1", timeout=30)
+    doc = wait_scanned(reg, "slow/app", "v1")
     summary = doc["summary"]
-    assert (summary["status"], summary["attempt"]) == ("succeeded", 2)
+    # Leased again after the lease ran out (a second attempt, or later ones on a machine
+    # so busy that a lease lapsed), and completed by one of them only.
+    assert summary["status"] == "succeeded" and summary["attempt"] >= 2
     assert reg.pid("scan") != first
     assert not scratch.exists(), "the killed worker's scratch space was cleaned up"
     time.sleep(1.0)
@@ -452,8 +455,8 @@ def test_rescan_replaces_statistics_keeps_reports_and_policy_refuses_pulls(
     # New advisories reach the old image at the next rescan, although pulls of it are
     # refused (the scanner is exempt); the older report stays.
     reg.cli("scan", "db", "import", str(OSV / "debian"))
-    second = wait_scanned(reg, "policy/app", "v1", after=first["scan_id"], timeout=20)["summary"]
-    deadline = time.monotonic() + 20
+    second = wait_scanned(reg, "policy/app", "v1", after=first["scan_id"])["summary"]
+    deadline = time.monotonic() + 60
     while second["database_version"] == first["database_version"]:
         assert time.monotonic() < deadline, second
         second = wait_scanned(reg, "policy/app", "v1", after=second["scan_id"])["summary"]
