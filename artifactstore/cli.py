@@ -11,7 +11,7 @@ from typing import Any
 
 import uvloop
 
-from artifactstore import iam_cli, metrics, scan_cli, telemetry, trace_cli
+from artifactstore import gc_cli, iam_cli, metrics, scan_cli, telemetry, trace_cli
 from artifactstore.config import Settings
 
 # Service name on the command line → (module with `async def main(settings)`, service.name).
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     for name, (_, service_name) in SERVICES.items():
         commands.add_parser(name, help=f"run {service_name} alone")
     iam_cli.add_parsers(commands)
+    gc_cli.add_parsers(commands)
     scan_cli.add_parsers(commands)
     trace_cli.add_parsers(commands)
     args = parser.parse_args(argv)
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
         serve(settings)
     elif args.command == "trace":
         sys.exit(trace_cli.run(args, os.environ.get("ARTS_TRACES_FILE", "")))
+    elif gc_cli.handles(args):
+        sys.exit(gc_cli.run(settings, args))
     elif args.command in {"iam", "audit"}:
         sys.exit(iam_cli.run(settings, args))
     elif scan_cli.handles(args):

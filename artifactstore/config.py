@@ -63,6 +63,19 @@ class Settings:
     token_realm: str
     token_ttl_seconds: int
     refresh_token_ttl_seconds: int
+    # The GC worker (gc_svc).
+    gc_enabled: bool
+    gc_repository_queue: str
+    gc_canonical_queue: str
+    gc_batch_size: int
+    gc_pending_grace_seconds: float
+    gc_interval_seconds: float
+    # None keeps untagged manifests forever.
+    gc_untagged_retention_seconds: float | None
+    gc_upload_idle_seconds: float
+    gc_upload_timeout_seconds: float
+    gc_lease_seconds: float
+    gc_poll_seconds: float
     # The scan worker (scan_svc).
     fdb_directory: str
     trivy_path: str
@@ -122,6 +135,19 @@ class Settings:
             token_realm=e.get("ARTS_TOKEN_REALM", ""),
             token_ttl_seconds=int(e.get("ARTS_TOKEN_TTL_SECS", "300")),
             refresh_token_ttl_seconds=int(e.get("ARTS_REFRESH_TOKEN_TTL_SECS", str(30 * 86400))),
+            gc_enabled=_bool(e.get("ARTS_GC_ENABLED", "true")),
+            gc_repository_queue=e.get("ARTS_GC_REPOSITORY_QUEUE", "arts-gc"),
+            gc_canonical_queue=e.get("ARTS_GC_CANONICAL_QUEUE", "arts-gc-canonical"),
+            gc_batch_size=int(e.get("ARTS_GC_BATCH_SIZE", "256")),
+            gc_pending_grace_seconds=float(e.get("ARTS_GC_PENDING_GRACE_SECS", "86400")),
+            gc_interval_seconds=float(e.get("ARTS_GC_INTERVAL_SECS", "3600")),
+            gc_untagged_retention_seconds=float(e["ARTS_GC_UNTAGGED_RETENTION_SECS"])
+            if e.get("ARTS_GC_UNTAGGED_RETENTION_SECS")
+            else None,
+            gc_upload_idle_seconds=float(e.get("ARTS_GC_UPLOAD_IDLE_SECS", "3600")),
+            gc_upload_timeout_seconds=float(e.get("ARTS_GC_UPLOAD_TIMEOUT_SECS", "86400")),
+            gc_lease_seconds=float(e.get("ARTS_GC_LEASE_SECS", "60")),
+            gc_poll_seconds=float(e.get("ARTS_GC_POLL_SECS", "1")),
             fdb_directory=e.get("FDB_DIRECTORY") or e.get("ARTIFACT_STORE_DIRECTORY", "registry"),
             trivy_path=e.get("ARTS_TRIVY_PATH", "trivy"),
             trivy_server=e.get("ARTS_TRIVY_SERVER", ""),

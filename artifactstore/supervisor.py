@@ -1,8 +1,9 @@
 """`artifact-store serve`: every service of the mesh as its own process, supervised.
 
 Children are started backends first (metadata, blob, scan, gc) and the gateway last; a
-child that dies is restarted with exponential backoff and the restart is logged. On
-SIGTERM or SIGINT every child gets SIGTERM (the gateway first, so it stops taking
+child that dies is restarted with exponential backoff and the restart is logged (one that
+exits with status 0 on its own has finished, as a worker configured off does, and stays
+stopped). On SIGTERM or SIGINT every child gets SIGTERM (the gateway first, so it stops taking
 requests before the services behind it go), then SIGKILL after a grace period.
 Each child's PID is written to `<data dir>/run/<service>.pid` for operators and tests.
 """
@@ -107,6 +108,9 @@ class Supervisor:
             assert child.process is not None
             code = await child.process.wait()
             if self._stopping.is_set():
+                return
+            if code == 0:
+                log.info("%s (pid %d) finished; not restarted", child.service, child.process.pid)
                 return
             if time.monotonic() - child.started_at > HEALTHY_AFTER_SECONDS:
                 child.backoff = 0.5

@@ -15,6 +15,8 @@ from artifactstore.errors import Reason, RegistryError
 from blob_svc.store import BlobStore
 
 SERVICE_NAME: str = blob_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name
+# The most entries a listing answers at once.
+MAX_LIST = 1000
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -86,8 +88,41 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
     async def DeleteBlob(
         self, request: blob_pb2.DeleteBlobRequest, context: Context
     ) -> blob_pb2.DeleteBlobResponse:
-        deleted = await self._store.delete(Digest.parse(request.digest))
-        return blob_pb2.DeleteBlobResponse(deleted=deleted)
+        freed = await self._store.reclaim(Digest.parse(request.digest))
+        return blob_pb2.DeleteBlobResponse(deleted=freed is not None, size=freed or 0)
+
+    async def ListBlobs(
+        self, request: blob_pb2.ListBlobsRequest, context: Context
+    ) -> blob_pb2.ListBlobsResponse:
+        after = Digest.parse(request.after) if request.after else None
+        blobs, more = await self._store.list_blobs(after, _limit(request.limit))
+        return blob_pb2.ListBlobsResponse(
+            blobs=[
+                blob_pb2.StoredBlob(digest=str(b.digest), size=b.size, modified_at=b.modified_at)
+                for b in blobs
+            ],
+            more=more,
+        )
+
+    async def ListUploads(
+        self, request: blob_pb2.ListUploadsRequest, context: Context
+    ) -> blob_pb2.ListUploadsResponse:
+        uploads, more = await self._store.list_uploads(request.after, _limit(request.limit))
+        return blob_pb2.ListUploadsResponse(
+            uploads=[
+                blob_pb2.StoredUpload(upload_id=u.upload_id, size=u.size, modified_at=u.modified_at)
+                for u in uploads
+            ],
+            more=more,
+        )
+
+
+def _limit(limit: int) -> int:
+    if not 1 <= limit <= MAX_LIST:
+        raise RegistryError(
+            Reason.PAGINATION_INVALID, f"limit must be between 1 and {MAX_LIST}, not {limit}"
+        )
+    return limit
 
 
 async def _data(messages: AsyncIterator[blob_pb2.WriteUploadRequest]) -> AsyncIterator[bytes]:

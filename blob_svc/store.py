@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from artifactstore.digests import Digest
+from artifactstore.digests import ALGORITHMS, Digest
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.rpc import STREAM_CHUNK_BYTES
 from blob_svc import paths
@@ -50,6 +50,22 @@ class BlobInfo(NamedTuple):
 
     digest: Digest
     size: int
+
+
+class StoredBlob(NamedTuple):
+    """A canonical blob as listed: digest, size, last modification (unix seconds)."""
+
+    digest: Digest
+    size: int
+    modified_at: float
+
+
+class StoredUpload(NamedTuple):
+    """An upload session's directory as listed: id, bytes held, last modification."""
+
+    upload_id: str
+    size: int
+    modified_at: float
 
 
 class BlobStore:
@@ -283,7 +299,22 @@ class BlobStore:
         Idempotent. Callers (gc_svc) must have removed every link to it first; a commit of
         the same digest racing with the delete may find its blob gone afterwards.
         """
+        return await self.reclaim(digest) is not None
+
+    async def reclaim(self, digest: Digest) -> int | None:
+        """`delete`, returning the bytes freed (None when the blob did not exist)."""
         return await asyncio.to_thread(self._delete, digest)
+
+    async def list_blobs(self, after: Digest | None, limit: int) -> tuple[list[StoredBlob], bool]:
+        """Up to `limit` canonical blobs after `after` in (algorithm, hex) order, and
+        whether more remain. Entries that are not blobs of this layout are skipped."""
+        return await asyncio.to_thread(self._list_blobs, after, limit)
+
+    async def list_uploads(self, after: str, limit: int) -> tuple[list[StoredUpload], bool]:
+        """Up to `limit` upload sessions' directories after id `after` in id order (with
+        or without data: a crash may leave a directory without it), and whether more
+        remain."""
+        return await asyncio.to_thread(self._list_uploads, after, limit)
 
     # ------------------------------------------------------------------ worker threads
 
@@ -395,19 +426,68 @@ class BlobStore:
             return False
         return True
 
-    def _delete(self, digest: Digest) -> bool:
+    def _delete(self, digest: Digest) -> int | None:
         target = paths.blob_data(self._root, digest)
-        if self._fs.get_file_info(target).type == pafs.FileType.NotFound:
-            return False
+        info = self._fs.get_file_info(target)
+        if info.type == pafs.FileType.NotFound:
+            return None
         try:
             self._fs.delete_file(target)
         except FileNotFoundError:
-            return False
+            return None
         if self._local:
             # rmdir, not delete_dir: a racing commit may have linked a new copy in there.
             with contextlib.suppress(OSError):
                 os.rmdir(paths.blob_dir(self._root, digest))
-        return True
+        return int(info.size)
+
+    def _entries(self, directory: str) -> list[pafs.FileInfo]:
+        """The entries of `directory` by name (none if it does not exist)."""
+        selector = pafs.FileSelector(directory, allow_not_found=True, recursive=False)
+        return sorted(self._fs.get_file_info(selector), key=lambda info: info.base_name)
+
+    def _list_blobs(self, after: Digest | None, limit: int) -> tuple[list[StoredBlob], bool]:
+        start = (after.algorithm, after.hex) if after else ("", "")
+        found: list[StoredBlob] = []
+        for algorithm in self._entries(paths.blobs_root(self._root)):
+            if algorithm.base_name not in ALGORITHMS or algorithm.base_name < start[0]:
+                continue
+            for prefix in self._entries(algorithm.path):
+                if (algorithm.base_name, prefix.base_name) < (start[0], start[1][:2]):
+                    continue
+                for entry in self._entries(prefix.path):
+                    if (algorithm.base_name, entry.base_name) <= start:
+                        continue
+                    try:
+                        digest = Digest.parse(f"{algorithm.base_name}:{entry.base_name}")
+                    except RegistryError:
+                        continue
+                    data = self._fs.get_file_info(paths.blob_data(self._root, digest))
+                    if data.type != pafs.FileType.File:
+                        continue
+                    if len(found) == limit:
+                        return found, True
+                    found.append(StoredBlob(digest, int(data.size), _seconds(data)))
+        return found, False
+
+    def _list_uploads(self, after: str, limit: int) -> tuple[list[StoredUpload], bool]:
+        found: list[StoredUpload] = []
+        for entry in self._entries(paths.uploads_root(self._root)):
+            upload_id = entry.base_name
+            if upload_id <= after or entry.type != pafs.FileType.Directory:
+                continue
+            try:
+                paths.check_upload_id(upload_id)
+            except RegistryError:
+                continue
+            if len(found) == limit:
+                return found, True
+            data = self._fs.get_file_info(paths.upload_data(self._root, upload_id))
+            if data.type == pafs.FileType.File:
+                found.append(StoredUpload(upload_id, int(data.size), _seconds(data)))
+            else:
+                found.append(StoredUpload(upload_id, 0, _seconds(entry)))
+        return found, False
 
 
 async def _pipe(
@@ -495,6 +575,11 @@ def _read_batch(source: pa.NativeFile, position: int, end: int) -> list[bytes]:
         batch.append(chunk)
         position += len(chunk)
     return batch
+
+
+def _seconds(info: pafs.FileInfo) -> float:
+    """A file's modification time in unix seconds (0 when the storage has none)."""
+    return info.mtime_ns / 1e9 if info.mtime_ns is not None else 0.0
 
 
 def _fsync(path: str) -> None:

@@ -18,12 +18,13 @@ from artifactstore.blob.v1 import blob_pb2, blob_pb2_grpc
 from artifactstore.config import Settings
 from artifactstore.errors import RegistryError
 from artifactstore.iam.v1 import iam_pb2_grpc
-from artifactstore.metadata.v1 import metadata_pb2_grpc
+from artifactstore.metadata.v1 import gc_pb2_grpc, metadata_pb2_grpc
 from artifactstore.scan.v1 import scan_pb2_grpc
 
 if TYPE_CHECKING:
     from artifactstore.blob.v1.blob_pb2_grpc import BlobServiceAsyncStub
     from artifactstore.iam.v1.iam_pb2_grpc import IamServiceAsyncStub
+    from artifactstore.metadata.v1.gc_pb2_grpc import MetadataGcServiceAsyncStub
     from artifactstore.metadata.v1.metadata_pb2_grpc import MetadataServiceAsyncStub
     from artifactstore.scan.v1.scan_pb2_grpc import ScanServiceAsyncStub
 
@@ -39,6 +40,9 @@ class Clients:
     """Stubs of the services behind the gateway."""
 
     metadata: MetadataServiceAsyncStub
+    # metadata_svc's GC side: commits in flight (so GC spares their blobs) and repository
+    # deletion.
+    metadata_gc: MetadataGcServiceAsyncStub
     blob: BlobServiceAsyncStub
     # The authorisation service: metadata_svc's IamService unless ARTS_IAM_ADDRESS names
     # another implementation of the same contract.
@@ -107,6 +111,7 @@ async def connect(settings: Settings) -> AsyncIterator[Clients]:
     try:
         yield Clients(
             metadata=metadata_pb2_grpc.MetadataServiceStub(channels[settings.metadata_address]),
+            metadata_gc=gc_pb2_grpc.MetadataGcServiceStub(channels[settings.metadata_address]),
             blob=blob_pb2_grpc.BlobServiceStub(channels[settings.blob_address]),
             iam=iam_pb2_grpc.IamServiceStub(channels[settings.iam_address]),
             scan=scan_pb2_grpc.ScanServiceStub(channels[settings.scan_address]),

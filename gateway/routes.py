@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 from aiohttp import hdrs, web
 
-from artifactstore.access import DELETE, PULL, PUSH
+from artifactstore.access import DELETE, MANAGE, PULL, PUSH
 from gateway.auth import PUBLIC, SIGNED_IN
 from gateway.handlers import (
     base,
@@ -22,6 +22,7 @@ from gateway.handlers import (
     health,
     manifests,
     referrers,
+    repositories,
     tags,
     token,
     uploads,
@@ -75,6 +76,10 @@ ROUTES = [
     Route(DEL, _BLOB, blobs.delete_blob, "blob", DELETE),  # end-10
     # end-12a, end-12b
     Route(GET, f"/v2/{NAME}/referrers/{{digest}}", referrers.list_referrers, "referrers", PULL),
+    # The registry's own API. A repository delete is an owner's.
+    Route(
+        DEL, f"/api/v1/repositories/{NAME}", repositories.delete_repository, "repository", MANAGE
+    ),
     # The registry's own API: vulnerability scans, under the same access control as pulls.
     Route(
         GET,

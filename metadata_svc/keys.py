@@ -21,6 +21,15 @@ ARTIFACT_STORE_DIRECTORY. The first element numbers the area; numbers are never 
     (22, queue, dedup key)              → task id: a task not yet done for this key
     (23, queue, task)                   → parked task (JSON): failed too often
     (24, queue, counter)                → atomic int64 LE: "pending", "parked"
+    (30, repo, digest)                  → GC pending mark of a blob link (JSON: marked_at)
+    (31, repo, manifest)                → GC pending mark of an untagged manifest (JSON)
+    (32, digest)                        → GC pending mark of a canonical blob no link
+                                          names (JSON: marked_at)
+    (33, digest)                        → GC tombstone: the canonical blob is being
+                                          deleted (JSON: since, task, size)
+    (34, digest, upload_id)             → a commit of the blob in flight (JSON: since);
+                                          no deletion of the digest starts meanwhile
+    (35, repo)                          → the repository is being deleted (JSON)
     (40, repo, digest)                  → latest scan summary of a manifest (JSON: status,
                                           counts, time, analyzer, report location, …)
     (41, project)                       → the project's scan policy (JSON)
@@ -78,6 +87,12 @@ class Area(enum.IntEnum):
     QUEUE_DEDUP = 22
     QUEUE_PARKED = 23
     QUEUE_COUNTER = 24
+    GC_LINK_MARK = 30
+    GC_MANIFEST_MARK = 31
+    GC_BLOB_MARK = 32
+    GC_BLOB_DELETING = 33
+    GC_BLOB_COMMIT = 34
+    GC_REPOSITORY_DELETING = 35
     SCAN_SUMMARY = 40
     SCAN_POLICY = 41
     SCAN_SCHEDULE = 42
@@ -130,6 +145,12 @@ class Keyspace:
     def blob_link(self, repo: str, digest: str) -> bytes:
         return self.root.pack((Area.BLOB_LINK, repo, digest))
 
+    def blob_links(self) -> Subspace:
+        return self.root.subspace((Area.BLOB_LINK,))
+
+    def blob_links_of(self, repo: str) -> Subspace:
+        return self.root.subspace((Area.BLOB_LINK, repo))
+
     def manifest_blob(self, repo: str, manifest: str, blob: str) -> bytes:
         return self.root.pack((Area.MANIFEST_BLOB, repo, manifest, blob))
 
@@ -150,6 +171,9 @@ class Keyspace:
 
     def upload(self, upload_id: str) -> bytes:
         return self.root.pack((Area.UPLOAD, upload_id))
+
+    def uploads(self) -> Subspace:
+        return self.root.subspace((Area.UPLOAD,))
 
     def blob_refcount(self, digest: str) -> bytes:
         return self.root.pack((Area.BLOB_REFCOUNT, digest))
@@ -204,6 +228,66 @@ class Keyspace:
 
     def scan_schedule(self, job: str) -> bytes:
         return self.root.pack((Area.SCAN_SCHEDULE, job))
+
+    def gc_link_mark(self, repo: str, digest: str) -> bytes:
+        return self.root.pack((Area.GC_LINK_MARK, repo, digest))
+
+    def gc_link_marks(self) -> Subspace:
+        return self.root.subspace((Area.GC_LINK_MARK,))
+
+    def gc_manifest_mark(self, repo: str, manifest: str) -> bytes:
+        return self.root.pack((Area.GC_MANIFEST_MARK, repo, manifest))
+
+    def gc_manifest_marks(self) -> Subspace:
+        return self.root.subspace((Area.GC_MANIFEST_MARK,))
+
+    def gc_blob_mark(self, digest: str) -> bytes:
+        return self.root.pack((Area.GC_BLOB_MARK, digest))
+
+    def gc_blob_marks(self) -> Subspace:
+        return self.root.subspace((Area.GC_BLOB_MARK,))
+
+    def gc_blob_deleting(self, digest: str) -> bytes:
+        return self.root.pack((Area.GC_BLOB_DELETING, digest))
+
+    def gc_blob_deletions(self) -> Subspace:
+        return self.root.subspace((Area.GC_BLOB_DELETING,))
+
+    def gc_blob_commit(self, digest: str, upload_id: str) -> bytes:
+        return self.root.pack((Area.GC_BLOB_COMMIT, digest, upload_id))
+
+    def gc_blob_commits(self, digest: str) -> Subspace:
+        return self.root.subspace((Area.GC_BLOB_COMMIT, digest))
+
+    def gc_blob_commits_all(self) -> Subspace:
+        return self.root.subspace((Area.GC_BLOB_COMMIT,))
+
+    def gc_repository_deleting(self, repo: str) -> bytes:
+        return self.root.pack((Area.GC_REPOSITORY_DELETING, repo))
+
+
+# The areas whose keys start with a repository name and hold nothing that is counted
+# elsewhere: a repository delete clears each with one range clear. Blob links are not
+# among them (each one counts in its digest's global reference count).
+REPOSITORY_CONTENT = (
+    Area.MANIFEST,
+    Area.MANIFEST_PART,
+    Area.TAG,
+    Area.MANIFEST_BLOB,
+    Area.MANIFEST_CHILD,
+    Area.REFERRER,
+    Area.TAG_OF_MANIFEST,
+    Area.PARENT_OF_MANIFEST,
+    Area.MANIFEST_OF_BLOB,
+    Area.GC_LINK_MARK,
+    Area.GC_MANIFEST_MARK,
+    Area.SCAN_SUMMARY,
+)
+
+
+def repository_content(keys: Keyspace, repo: str) -> list[Subspace]:
+    """The subspaces of `REPOSITORY_CONTENT` that belong to `repo` alone."""
+    return [keys.root.subspace((area, repo)) for area in REPOSITORY_CONTENT]
 
 
 @enum.unique

@@ -14,11 +14,15 @@ from artifactstore import access, metrics, rpc, scanning
 from artifactstore.config import Settings
 from artifactstore.iam.v1 import iam_pb2, iam_pb2_grpc
 from artifactstore.metadata.v1 import (
+    gc_pb2,
+    gc_pb2_grpc,
     metadata_pb2,
     metadata_pb2_grpc,
     scans_pb2,
     scans_pb2_grpc,
 )
+from metadata_svc.gc import GcStore
+from metadata_svc.gc_service import MetadataGcServicer
 from metadata_svc.iam import IamStore
 from metadata_svc.iam_service import IamServicer
 from metadata_svc.kv import Transaction, open_database
@@ -71,6 +75,11 @@ async def main(settings: Settings) -> None:
             metadata_pb2_grpc.add_MetadataServiceServicer_to_server,
             MetadataServicer(store, QueueStore(db, store.queues)),
             metadata,
+        ),
+        rpc.Servicer(
+            gc_pb2_grpc.add_MetadataGcServiceServicer_to_server,
+            MetadataGcServicer(GcStore(db, store, settings.directory)),
+            gc_pb2.DESCRIPTOR.services_by_name["MetadataGcService"].full_name,
         ),
         rpc.Servicer(
             scans_pb2_grpc.add_ScanMetadataServiceServicer_to_server,

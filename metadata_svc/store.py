@@ -118,6 +118,14 @@ class MetadataStore:
     def _ensure_repository(self, tr: Transaction, repo: str) -> None:
         key = self._keys.repository(repo)
         if tr.get(key) is None:
+            # GC is still removing the links of a deleted repository of this name; new
+            # content now would be removed with them (metadata_svc.gc).
+            if tr.get(self._keys.gc_repository_deleting(repo)) is not None:
+                raise RegistryError(
+                    Reason.UNAVAILABLE,
+                    f"repository {repo!r} is being deleted; retry shortly",
+                    name=repo,
+                )
             tr.set(key, json.dumps({"created_at": time.time()}).encode())
             if self._on_new_repository is not None:
                 self._on_new_repository(tr, repo)
@@ -200,6 +208,9 @@ class MetadataStore:
                     digest=missing[0],
                 )
             self._ensure_repository(tr, repo)
+            # A manifest naming a blob makes its link referenced again (metadata_svc.gc).
+            for b in blobs:
+                tr.clear(keys.gc_link_mark(repo, b))
             stored = tr.get(keys.manifest(repo, digest))
             result = ManifestRecord(**json.loads(stored)) if stored else record
             if stored is None:
@@ -230,6 +241,7 @@ class MetadataStore:
                     tr.clear(keys.tag_of_manifest(repo, previous.decode(), tag))
                 tr.set(keys.tag(repo, tag), digest.encode())
                 tr.set(keys.tag_of_manifest(repo, digest, tag), b"")
+                tr.clear(keys.gc_manifest_mark(repo, digest))
             return result
 
         return await self._db.run(fn)
@@ -302,28 +314,35 @@ class MetadataStore:
                 raise RegistryError(
                     Reason.MANIFEST_UNKNOWN, f"manifest {digest} is not known", digest=digest
                 )
-            record = ManifestRecord(**json.loads(raw))
-            tags_space = keys.tags_of_manifest(repo, digest)
-            tags = [tags_space.unpack(k)[0] for k, _ in tr.get_range_startswith(tags_space.key())]
-            for t in tags:
-                tr.clear(keys.tag(repo, t))
-            tr.clear_range_startswith(tags_space.key())
-            blobs_space = keys.manifest_blobs(repo, digest)
-            for k, _ in tr.get_range_startswith(blobs_space.key()):
-                tr.clear(keys.manifest_of_blob(repo, blobs_space.unpack(k)[0], digest))
-            tr.clear_range_startswith(blobs_space.key())
-            children_space = keys.manifest_children(repo, digest)
-            for k, _ in tr.get_range_startswith(children_space.key()):
-                tr.clear(keys.parent_of_manifest(repo, children_space.unpack(k)[0], digest))
-            tr.clear_range_startswith(children_space.key())
-            if record.subject:
-                tr.clear(keys.referrer(repo, record.subject, digest))
-            tr.clear_range_startswith(keys.manifest_parts(repo, digest).key())
-            tr.clear(keys.manifest(repo, digest))
-            self.scans.forget(tr, repo, digest)
-            return digest, tags
+            return digest, self.remove_manifest(tr, repo, ManifestRecord(**json.loads(raw)))
 
         return await self._db.run(fn)
+
+    def remove_manifest(self, tr: Transaction, repo: str, record: ManifestRecord) -> list[str]:
+        """Inside a transaction: remove the stored manifest `record` of `repo`, its tags
+        and its references; return the tags removed."""
+        keys = self._keys
+        digest = record.digest
+        tags_space = keys.tags_of_manifest(repo, digest)
+        tags = [tags_space.unpack(k)[0] for k, _ in tr.get_range_startswith(tags_space.key())]
+        for t in tags:
+            tr.clear(keys.tag(repo, t))
+        tr.clear_range_startswith(tags_space.key())
+        blobs_space = keys.manifest_blobs(repo, digest)
+        for k, _ in tr.get_range_startswith(blobs_space.key()):
+            tr.clear(keys.manifest_of_blob(repo, blobs_space.unpack(k)[0], digest))
+        tr.clear_range_startswith(blobs_space.key())
+        children_space = keys.manifest_children(repo, digest)
+        for k, _ in tr.get_range_startswith(children_space.key()):
+            tr.clear(keys.parent_of_manifest(repo, children_space.unpack(k)[0], digest))
+        tr.clear_range_startswith(children_space.key())
+        if record.subject:
+            tr.clear(keys.referrer(repo, record.subject, digest))
+        tr.clear_range_startswith(keys.manifest_parts(repo, digest).key())
+        tr.clear(keys.manifest(repo, digest))
+        tr.clear(keys.gc_manifest_mark(repo, digest))
+        self.scans.forget(tr, repo, digest)
+        return tags
 
     async def list_tags(self, repo: str, limit: int, last: str) -> tuple[list[str], bool]:
         """Tags of `repo` after `last` in lexical order, and whether more remain."""
@@ -360,11 +379,23 @@ class MetadataStore:
     # -- blob links -------------------------------------------------------------------
 
     def _link(self, tr: Transaction, repo: str, digest: str, size: int) -> None:
-        key = self._keys.blob_link(repo, digest)
+        keys = self._keys
+        key = keys.blob_link(repo, digest)
         if tr.get(key) is None:
+            # The tombstone of a canonical deletion in progress: its bytes may be gone
+            # already, and a link now would point at nothing (see metadata_svc.gc).
+            if tr.get(keys.gc_blob_deleting(digest)) is not None:
+                raise RegistryError(
+                    Reason.BLOB_UNKNOWN,
+                    f"blob {digest} is being garbage-collected; upload it again",
+                    digest=digest,
+                )
             self._ensure_repository(tr, repo)
             tr.set(key, encode_int(size))
-            tr.add(self._keys.blob_refcount(digest), 1)
+            tr.add(keys.blob_refcount(digest), 1)
+        # A link made again cancels its pending marks.
+        tr.clear(keys.gc_link_mark(repo, digest))
+        tr.clear(keys.gc_blob_mark(digest))
 
     async def link_blob(self, repo: str, digest: str, size: int, upload_id: str) -> None:
         """Link a verified blob into `repo`; end the upload session `upload_id` if given."""
@@ -377,6 +408,8 @@ class MetadataStore:
             self._link(tr, repo, digest, size)
             if upload_id:
                 tr.clear(self._keys.upload(upload_id))
+                # The commit this link completes no longer holds off GC: the link does.
+                tr.clear(self._keys.gc_blob_commit(digest, upload_id))
 
         await self._db.run(fn)
 

@@ -10,14 +10,17 @@ blob_svc has verified its digest and metadata_svc has linked it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+import time
 
 from aiohttp import hdrs, web
 
 from artifactstore.access import PULL
 from artifactstore.blob.v1 import blob_pb2 as bl
 from artifactstore.errors import Reason, RegistryError
+from artifactstore.metadata.v1 import gc_pb2 as gc
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.names import check_name
 from artifactstore.rpc import call
@@ -30,6 +33,8 @@ from gateway.responses import CONTENT_DIGEST, UPLOAD_UUID
 log = logging.getLogger(__name__)
 
 COMMIT_TIMEOUT_SECONDS = 600.0
+# How long a commit waits for GC to finish deleting the same digest's old bytes.
+COMMIT_WAIT_SECONDS = 10.0
 
 # The spec's chunk range is `^[0-9]+-[0-9]+$`; RFC 9110's "bytes a-b/len" form is
 # accepted too, as some clients send it.
@@ -113,6 +118,28 @@ async def _append(request: web.Request, upload_id: str, offset: int | None) -> i
     return size
 
 
+async def _begin_commit(request: web.Request, digest: str, upload_id: str) -> None:
+    """Tell metadata_svc that a commit of `digest` is in flight, so that GC deletes none
+    of its bytes until the link is made (metadata_svc.gc, rule 3). While GC is deleting
+    them, wait for it to finish (the commit then stores them anew); UNAVAILABLE after
+    COMMIT_WAIT_SECONDS, with the session intact for a retry."""
+    deadline = time.monotonic() + COMMIT_WAIT_SECONDS
+    delay = 0.01
+    while True:
+        try:
+            await call(
+                clients(request).metadata_gc.BeginBlobCommit(
+                    gc.BeginBlobCommitRequest(digest=digest, upload_id=upload_id)
+                )
+            )
+            return
+        except RegistryError as err:
+            if err.reason != Reason.UNAVAILABLE or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 0.5)
+
+
 async def _complete(
     request: web.Request, name: str, upload_id: str, digest: str, offset: int | None
 ) -> web.Response:
@@ -122,6 +149,7 @@ async def _complete(
     backends = clients(request)
     if request.body_exists:
         await _append(request, upload_id, offset)
+    await _begin_commit(request, digest, upload_id)
     blob = await call(
         backends.blob.CommitUpload(
             bl.CommitUploadRequest(upload_id=upload_id, digest=digest),

@@ -181,9 +181,9 @@ async def test_upload_commit_read_delete(stub: Stub) -> None:
     assert await read(stub, digest, offset=len(data)) == b""
 
     deleted = await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
-    assert deleted.deleted is True
+    assert (deleted.deleted, deleted.size) == (True, len(data))
     deleted = await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
-    assert deleted.deleted is False
+    assert (deleted.deleted, deleted.size) == (False, 0)
 
 
 async def test_cancel_upload(stub: Stub) -> None:
@@ -432,3 +432,60 @@ async def test_client_gone_mid_stream_then_resume(stub: Stub) -> None:
     await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
     assert await read(stub, digest) == b"".join(chunks)
     assert (await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))).deleted
+
+
+async def test_list_blobs_and_uploads(stub: Stub) -> None:
+    """GC's view of storage: canonical blobs in digest order and upload sessions in id
+    order, page by page."""
+    stored: dict[str, int] = {}
+    for n in range(5):
+        upload_id = str(uuid.uuid4())
+        data = f"blob {n} to list".encode()
+        await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+        await stub.WriteUpload(messages(upload_id, [data]))
+        digest = digest_of(data)
+        await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+        stored[digest] = len(data)
+    sessions = sorted(str(uuid.uuid4()) for _ in range(3))
+    for upload_id in sessions:
+        await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+        await stub.WriteUpload(messages(upload_id, [b"partial"]))
+    try:
+        listed: list[blob_pb2.StoredBlob] = []
+        after, more = "", True
+        while more:
+            page = await stub.ListBlobs(blob_pb2.ListBlobsRequest(after=after, limit=2))
+            assert len(page.blobs) <= 2
+            listed += page.blobs
+            after, more = (page.blobs[-1].digest if page.blobs else after), page.more
+        assert [b.digest for b in listed] == sorted(stored)
+        assert all(b.size == stored[b.digest] and b.modified_at > 0 for b in listed)
+
+        uploads = await stub.ListUploads(blob_pb2.ListUploadsRequest(after=sessions[0], limit=1))
+        assert [(u.upload_id, u.size) for u in uploads.uploads] == [(sessions[1], 7)]
+        assert uploads.more
+        uploads = await stub.ListUploads(blob_pb2.ListUploadsRequest(limit=1000))
+        assert [u.upload_id for u in uploads.uploads] == sessions
+        assert not uploads.more
+
+        for bad in (0, 1001):
+            await expect_error(
+                stub.ListBlobs(blob_pb2.ListBlobsRequest(limit=bad)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                Reason.PAGINATION_INVALID,
+            )
+            await expect_error(
+                stub.ListUploads(blob_pb2.ListUploadsRequest(limit=bad)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                Reason.PAGINATION_INVALID,
+            )
+        await expect_error(
+            stub.ListBlobs(blob_pb2.ListBlobsRequest(after="sha256:nope", limit=1)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.DIGEST_INVALID,
+        )
+    finally:
+        for digest in stored:
+            await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+        for upload_id in sessions:
+            await stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=upload_id))

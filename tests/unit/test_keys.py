@@ -8,7 +8,16 @@ import inspect
 import pytest
 from fdb.subspace_impl import Subspace
 
-from metadata_svc.keys import Area, IamArea, IamKeyspace, Keyspace, decode_int, encode_int
+from metadata_svc.keys import (
+    REPOSITORY_CONTENT,
+    Area,
+    IamArea,
+    IamKeyspace,
+    Keyspace,
+    decode_int,
+    encode_int,
+    repository_content,
+)
 
 SPACE = Keyspace(Subspace(("registry",)))
 IAM = IamKeyspace(Subspace(("topaz",)))
@@ -91,3 +100,23 @@ def test_int_encoding_is_little_endian_int64() -> None:
     assert encode_int(1) == b"\x01" + b"\x00" * 7
     assert decode_int(encode_int(-5)) == -5
     assert decode_int(None) == 0
+
+
+def test_repository_content_is_that_repository_alone() -> None:
+    spaces = repository_content(SPACE, "app")
+    assert [SPACE.root.unpack(s.key()) for s in spaces] == [(a, "app") for a in REPOSITORY_CONTENT]
+    digest = "sha256:" + "a" * 64
+    inside = [
+        SPACE.tag("app", "x"),
+        SPACE.manifest("app", digest),
+        SPACE.gc_link_mark("app", digest),
+    ]
+    assert all(any(s.contains(k) for s in spaces) for k in inside)
+    outside = [
+        SPACE.tag("app2", "x"),
+        SPACE.tag("app/x", "x"),
+        SPACE.repository("app"),
+        # Links count in global reference counts: a repository delete removes them one by one.
+        SPACE.blob_link("app", digest),
+    ]
+    assert not any(s.contains(k) for s in spaces for k in outside)

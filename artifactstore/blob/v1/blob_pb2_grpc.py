@@ -74,6 +74,16 @@ class BlobServiceStub:
                 request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.DeleteBlobRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.DeleteBlobResponse.FromString,
                 _registered_method=True)
+        self.ListBlobs = channel.unary_unary(
+                '/artifactstore.blob.v1.BlobService/ListBlobs',
+                request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListBlobsRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListBlobsResponse.FromString,
+                _registered_method=True)
+        self.ListUploads = channel.unary_unary(
+                '/artifactstore.blob.v1.BlobService/ListUploads',
+                request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsResponse.FromString,
+                _registered_method=True)
 
 
 class BlobServiceServicer:
@@ -144,6 +154,23 @@ class BlobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBlobs(self, request, context):
+        """Canonical blobs in digest order, at most `limit` (1-1,000) after `after`, for GC's
+        mark phase. PAGINATION_INVALID for a limit out of range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListUploads(self, request, context):
+        """Upload sessions' directories in id order, at most `limit` (1-1,000) after `after`,
+        for GC to find those metadata_svc no longer knows. PAGINATION_INVALID for a limit out
+        of range.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -186,6 +213,16 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     servicer.DeleteBlob,
                     request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.DeleteBlobRequest.FromString,
                     response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.DeleteBlobResponse.SerializeToString,
+            ),
+            'ListBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBlobs,
+                    request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListBlobsRequest.FromString,
+                    response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListBlobsResponse.SerializeToString,
+            ),
+            'ListUploads': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListUploads,
+                    request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsRequest.FromString,
+                    response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -404,6 +441,60 @@ class BlobService:
             '/artifactstore.blob.v1.BlobService/DeleteBlob',
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.DeleteBlobRequest.SerializeToString,
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.DeleteBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.blob.v1.BlobService/ListBlobs',
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListBlobsRequest.SerializeToString,
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListBlobsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListUploads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.blob.v1.BlobService/ListUploads',
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsRequest.SerializeToString,
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -71,6 +71,15 @@ class BlobServiceStub:
     """Deletes a canonical blob. Only gc_svc calls this, after metadata_svc has removed every
     link to it. Idempotent: deleting a missing blob succeeds with `deleted` false.
     """
+    ListBlobs: _grpc.UnaryUnaryMultiCallable[_blob_pb2.ListBlobsRequest, _blob_pb2.ListBlobsResponse]
+    """Canonical blobs in digest order, at most `limit` (1-1,000) after `after`, for GC's
+    mark phase. PAGINATION_INVALID for a limit out of range.
+    """
+    ListUploads: _grpc.UnaryUnaryMultiCallable[_blob_pb2.ListUploadsRequest, _blob_pb2.ListUploadsResponse]
+    """Upload sessions' directories in id order, at most `limit` (1-1,000) after `after`,
+    for GC to find those metadata_svc no longer knows. PAGINATION_INVALID for a limit out
+    of range.
+    """
 
 @_typing.type_check_only
 class BlobServiceAsyncStub(BlobServiceStub):
@@ -104,6 +113,15 @@ class BlobServiceAsyncStub(BlobServiceStub):
     DeleteBlob: _aio.UnaryUnaryMultiCallable[_blob_pb2.DeleteBlobRequest, _blob_pb2.DeleteBlobResponse]  # type: ignore[assignment]
     """Deletes a canonical blob. Only gc_svc calls this, after metadata_svc has removed every
     link to it. Idempotent: deleting a missing blob succeeds with `deleted` false.
+    """
+    ListBlobs: _aio.UnaryUnaryMultiCallable[_blob_pb2.ListBlobsRequest, _blob_pb2.ListBlobsResponse]  # type: ignore[assignment]
+    """Canonical blobs in digest order, at most `limit` (1-1,000) after `after`, for GC's
+    mark phase. PAGINATION_INVALID for a limit out of range.
+    """
+    ListUploads: _aio.UnaryUnaryMultiCallable[_blob_pb2.ListUploadsRequest, _blob_pb2.ListUploadsResponse]  # type: ignore[assignment]
+    """Upload sessions' directories in id order, at most `limit` (1-1,000) after `after`,
+    for GC to find those metadata_svc no longer knows. PAGINATION_INVALID for a limit out
+    of range.
     """
 
 class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -183,6 +201,27 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_blob_pb2.DeleteBlobResponse, _abc.Awaitable[_blob_pb2.DeleteBlobResponse]]:
         """Deletes a canonical blob. Only gc_svc calls this, after metadata_svc has removed every
         link to it. Idempotent: deleting a missing blob succeeds with `deleted` false.
+        """
+
+    @_abc_1.abstractmethod
+    def ListBlobs(
+        self,
+        request: _blob_pb2.ListBlobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blob_pb2.ListBlobsResponse, _abc.Awaitable[_blob_pb2.ListBlobsResponse]]:
+        """Canonical blobs in digest order, at most `limit` (1-1,000) after `after`, for GC's
+        mark phase. PAGINATION_INVALID for a limit out of range.
+        """
+
+    @_abc_1.abstractmethod
+    def ListUploads(
+        self,
+        request: _blob_pb2.ListUploadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blob_pb2.ListUploadsResponse, _abc.Awaitable[_blob_pb2.ListUploadsResponse]]:
+        """Upload sessions' directories in id order, at most `limit` (1-1,000) after `after`,
+        for GC to find those metadata_svc no longer knows. PAGINATION_INVALID for a limit out
+        of range.
         """
 
 def add_BlobServiceServicer_to_server(servicer: BlobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

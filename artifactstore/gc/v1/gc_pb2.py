@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61rtifactstore/gc/v1/gc.proto\x12\x13\x61rtifactstore.gc.v1\"\x17\n\x15GetServiceInfoRequest\"/\n\x0bServiceInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x32k\n\tGcService\x12^\n\x0eGetServiceInfo\x12*.artifactstore.gc.v1.GetServiceInfoRequest\x1a .artifactstore.gc.v1.ServiceInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61rtifactstore/gc/v1/gc.proto\x12\x13\x61rtifactstore.gc.v1\"\x17\n\x15GetServiceInfoRequest\"/\n\x0bServiceInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\"\x12\n\x10GetStatusRequest\"l\n\rCategoryStats\x12\x10\n\x08\x63\x61tegory\x18\x01 \x01(\t\x12\x0e\n\x06marked\x18\x02 \x01(\x03\x12\r\n\x05swept\x18\x03 \x01(\x03\x12\x11\n\treclaimed\x18\x04 \x01(\x03\x12\x17\n\x0freclaimed_bytes\x18\x05 \x01(\x03\"\x97\x01\n\x05\x43ycle\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x12\n\nstarted_at\x18\x03 \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\x12\x36\n\ncategories\x18\x05 \x03(\x0b\x32\".artifactstore.gc.v1.CategoryStats\x12\r\n\x05\x65rror\x18\x06 \x01(\t\"=\n\x0bQueueStatus\x12\r\n\x05queue\x18\x01 \x01(\t\x12\x0f\n\x07pending\x18\x02 \x01(\x03\x12\x0e\n\x06parked\x18\x03 \x01(\x03\"\xbe\x02\n\x08GcStatus\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0f\n\x07running\x18\x02 \x01(\x08\x12+\n\x07\x63urrent\x18\x03 \x01(\x0b\x32\x1a.artifactstore.gc.v1.Cycle\x12(\n\x04last\x18\x04 \x01(\x0b\x32\x1a.artifactstore.gc.v1.Cycle\x12\x0e\n\x06\x63ycles\x18\x05 \x01(\x03\x12\x32\n\x06totals\x18\x06 \x03(\x0b\x32\".artifactstore.gc.v1.CategoryStats\x12:\n\x10repository_queue\x18\x07 \x01(\x0b\x32 .artifactstore.gc.v1.QueueStatus\x12\x39\n\x0f\x63\x61nonical_queue\x18\x08 \x01(\x0b\x32 .artifactstore.gc.v1.QueueStatus\"\"\n\x0fRunCycleRequest\x12\x0f\n\x07\x64ry_run\x18\x01 \x01(\x08\x32\x8c\x02\n\tGcService\x12^\n\x0eGetServiceInfo\x12*.artifactstore.gc.v1.GetServiceInfoRequest\x1a .artifactstore.gc.v1.ServiceInfo\x12Q\n\tGetStatus\x12%.artifactstore.gc.v1.GetStatusRequest\x1a\x1d.artifactstore.gc.v1.GcStatus\x12L\n\x08RunCycle\x12$.artifactstore.gc.v1.RunCycleRequest\x1a\x1a.artifactstore.gc.v1.Cycleb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETSERVICEINFOREQUEST']._serialized_end=76
   _globals['_SERVICEINFO']._serialized_start=78
   _globals['_SERVICEINFO']._serialized_end=125
-  _globals['_GCSERVICE']._serialized_start=127
-  _globals['_GCSERVICE']._serialized_end=234
+  _globals['_GETSTATUSREQUEST']._serialized_start=127
+  _globals['_GETSTATUSREQUEST']._serialized_end=145
+  _globals['_CATEGORYSTATS']._serialized_start=147
+  _globals['_CATEGORYSTATS']._serialized_end=255
+  _globals['_CYCLE']._serialized_start=258
+  _globals['_CYCLE']._serialized_end=409
+  _globals['_QUEUESTATUS']._serialized_start=411
+  _globals['_QUEUESTATUS']._serialized_end=472
+  _globals['_GCSTATUS']._serialized_start=475
+  _globals['_GCSTATUS']._serialized_end=793
+  _globals['_RUNCYCLEREQUEST']._serialized_start=795
+  _globals['_RUNCYCLEREQUEST']._serialized_end=829
+  _globals['_GCSERVICE']._serialized_start=832
+  _globals['_GCSERVICE']._serialized_end=1100
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,16 @@ class GcServiceStub:
                 request_serializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.GetServiceInfoRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.ServiceInfo.FromString,
                 _registered_method=True)
+        self.GetStatus = channel.unary_unary(
+                '/artifactstore.gc.v1.GcService/GetStatus',
+                request_serializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.GcStatus.FromString,
+                _registered_method=True)
+        self.RunCycle = channel.unary_unary(
+                '/artifactstore.gc.v1.GcService/RunCycle',
+                request_serializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.RunCycleRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.Cycle.FromString,
+                _registered_method=True)
 
 
 class GcServiceServicer:
@@ -51,6 +61,25 @@ class GcServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStatus(self, request, context):
+        """What this instance's current cycle has marked, swept and reclaimed so far per
+        category, its last finished cycle, its totals since it started, and the GC queues.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RunCycle(self, request, context):
+        """Runs one full cycle now (after the cycle this instance may be running) and answers
+        its report: mark, sweep, then the queues' tasks until none is left. With `dry_run`
+        nothing is changed and nothing is dequeued; the report says what a cycle would mark,
+        sweep and reclaim given the marks already there. UNAVAILABLE when a service it needs
+        does not answer.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GcServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +87,16 @@ def add_GcServiceServicer_to_server(servicer, server):
                     servicer.GetServiceInfo,
                     request_deserializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.GetServiceInfoRequest.FromString,
                     response_serializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.ServiceInfo.SerializeToString,
+            ),
+            'GetStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStatus,
+                    request_deserializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.GetStatusRequest.FromString,
+                    response_serializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.GcStatus.SerializeToString,
+            ),
+            'RunCycle': grpc.unary_unary_rpc_method_handler(
+                    servicer.RunCycle,
+                    request_deserializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.RunCycleRequest.FromString,
+                    response_serializer=artifactstore_dot_gc_dot_v1_dot_gc__pb2.Cycle.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +126,60 @@ class GcService:
             '/artifactstore.gc.v1.GcService/GetServiceInfo',
             artifactstore_dot_gc_dot_v1_dot_gc__pb2.GetServiceInfoRequest.SerializeToString,
             artifactstore_dot_gc_dot_v1_dot_gc__pb2.ServiceInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.gc.v1.GcService/GetStatus',
+            artifactstore_dot_gc_dot_v1_dot_gc__pb2.GetStatusRequest.SerializeToString,
+            artifactstore_dot_gc_dot_v1_dot_gc__pb2.GcStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunCycle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.gc.v1.GcService/RunCycle',
+            artifactstore_dot_gc_dot_v1_dot_gc__pb2.RunCycleRequest.SerializeToString,
+            artifactstore_dot_gc_dot_v1_dot_gc__pb2.Cycle.FromString,
             options,
             channel_credentials,
             insecure,
