@@ -23,8 +23,8 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 run: $(VENV)/.installed ## install everything into .venv and serve the whole mesh (ARTIFACT_STORE_ADDRESS, default 0.0.0.0:7111)
 	$(BIN)/artifact-store serve
 
-test-deps: ## install the real registry clients the tests drive (Debian packages, as root)
-	@missing=""; for p in skopeo podman; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+test-deps: ## install what the tests drive: registry clients, and Ceph for object storage (Debian packages, as root)
+	@missing=""; for p in skopeo podman ceph-mon ceph-osd radosgw; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
@@ -53,8 +53,8 @@ lint: $(VENV)/.installed ## ruff lint and format check
 typecheck: $(VENV)/.installed ## mypy over the whole project
 	$(BIN)/mypy .
 
-test: $(VENV)/.installed test-deps protos-check lint typecheck ## everything CI runs: deps, fresh protos, lint, types, the whole test suite
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(VENV)/.installed test-deps protos-check lint typecheck ## everything CI runs: deps, fresh protos, lint, types, the whole test suite (with a Ceph cluster for the S3 tests, stopped after)
+	scripts/ceph run $(BIN)/pytest $(PYTEST_ARGS)
 
 clean: ## remove the virtualenv and local data
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

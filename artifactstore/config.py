@@ -63,6 +63,12 @@ class Settings:
     token_realm: str
     token_ttl_seconds: int
     refresh_token_ttl_seconds: int
+    # Object storage (artifactstore.storage, blob_svc).
+    aws_endpoint_url: str | None
+    storage_timeout_seconds: float
+    storage_retry_seconds: float
+    storage_redirect: bool
+    storage_redirect_seconds: int
     # The GC worker (gc_svc).
     gc_enabled: bool
     gc_repository_queue: str
@@ -135,6 +141,11 @@ class Settings:
             token_realm=e.get("ARTS_TOKEN_REALM", ""),
             token_ttl_seconds=int(e.get("ARTS_TOKEN_TTL_SECS", "300")),
             refresh_token_ttl_seconds=int(e.get("ARTS_REFRESH_TOKEN_TTL_SECS", str(30 * 86400))),
+            aws_endpoint_url=e.get("AWS_ENDPOINT_URL_S3") or e.get("AWS_ENDPOINT_URL") or None,
+            storage_timeout_seconds=float(e.get("ARTS_STORAGE_TIMEOUT_SECS", "30")),
+            storage_retry_seconds=float(e.get("ARTS_STORAGE_RETRY_SECS", "30")),
+            storage_redirect=_bool(e.get("ARTS_STORAGE_REDIRECT", "false")),
+            storage_redirect_seconds=int(e.get("ARTS_STORAGE_REDIRECT_EXPIRY_SECS", "60")),
             gc_enabled=_bool(e.get("ARTS_GC_ENABLED", "true")),
             gc_repository_queue=e.get("ARTS_GC_REPOSITORY_QUEUE", "arts-gc"),
             gc_canonical_queue=e.get("ARTS_GC_CANONICAL_QUEUE", "arts-gc-canonical"),

@@ -168,52 +168,54 @@ def session_parts(infos: Sequence[pafs.FileInfo], upload_id: str) -> list[Sessio
 
 
 class PartWriter:
-    """Writes a session's incoming bytes as part objects of about SESSION_PART_BYTES, each
-    from memory in one PUT, so that a failed PUT can be retried with the same bytes.
+    """Writes a session's incoming bytes as part objects of SESSION_PART_BYTES (the last
+    one of a write shorter), each from one buffer in one PUT: a failed PUT is retried
+    with the same bytes, and a PUT cut short leaves nothing behind (a pyarrow stream
+    would make a multipart upload of it, which a failure leaves unfinished).
 
     A `_pipe` consumer: called with blocks of chunks, in order, from one thread at a time.
-    `flush` writes what is held (call it once the blocks end, also after a failure: every
-    chunk received is kept). `size` is the session's size counting what is stored.
+    `flush` stores what is buffered (call it once the blocks end, also after a failure of
+    the sender: every chunk received is kept). `size` is the session's size counting what
+    is stored; `failed` tells that a PUT failed for good (its retries are spent).
     """
 
-    def __init__(
-        self, filesystem: pafs.FileSystem, root: str, upload_id: str, size: int, retrier: Retrier
-    ) -> None:
-        self._fs = filesystem
+    def __init__(self, objects: ObjectStore, root: str, upload_id: str, size: int) -> None:
+        self._objects = objects
         self._root = root
         self._upload_id = upload_id
-        self._retrier = retrier
         self.size = size
-        self._held: list[bytes] = []
-        self._held_bytes = 0
-        # A PUT failed for good: its retries are spent, nothing more is tried.
         self.failed = False
+        # Allocated whole once per part, so it never grows (a grown bytearray may be
+        # copied); the buffer is handed to the PUT as it is.
+        self._buffer: bytearray | None = None
+        self._filled = 0
 
     def __call__(self, block: Sequence[bytes]) -> None:
         for chunk in block:
-            self._held.append(chunk)
-            self._held_bytes += len(chunk)
-            if self._held_bytes >= SESSION_PART_BYTES:
-                self.flush()
+            view = memoryview(chunk)
+            while view:
+                if self._buffer is None:
+                    self._buffer = bytearray(SESSION_PART_BYTES)
+                take = min(len(view), SESSION_PART_BYTES - self._filled)
+                self._buffer[self._filled : self._filled + take] = view[:take]
+                self._filled += take
+                view = view[take:]
+                if self._filled == SESSION_PART_BYTES:
+                    self.flush()
 
     def flush(self) -> None:
-        """Store the bytes held as the next part object (none if nothing is held)."""
-        if not self._held_bytes:
+        """Store the buffered bytes as the next part object (none if nothing is held)."""
+        if self._buffer is None or not self._filled:
             return
+        del self._buffer[self._filled :]
         path = paths.upload_part(self._root, self._upload_id, self.size)
         try:
-            self._retrier.call(_put, self._fs, path, self._held)
+            self._objects.put(path, self._buffer)
         except BaseException:
             self.failed = True
             raise
-        self.size += self._held_bytes
-        self._held, self._held_bytes = [], 0
-
-
-def _put(filesystem: pafs.FileSystem, path: str, chunks: Sequence[bytes]) -> None:
-    with filesystem.open_output_stream(path, compression=None) as stream:
-        for chunk in chunks:
-            stream.write(chunk)
+        self.size += self._filled
+        self._buffer, self._filled = None, 0
 
 
 # ------------------------------------------------------------------ assembling a blob
@@ -307,6 +309,12 @@ class ObjectStore:
         assert bucket == self._location.bucket, path
         return key
 
+    def put(self, path: str, data: bytes | bytearray) -> None:
+        """Create or replace the object at `path` with `data`, in one request."""
+        self._retrier.call(
+            lambda: self._client.put_object(Bucket=self.bucket, Key=self.key(path), Body=data)
+        )
+
     def delete(self, path: str) -> None:
         """Delete the object at `path` (no error if there is none). Unlike pyarrow's
         delete_file, this leaves no empty "directory" marker object behind."""
@@ -343,9 +351,7 @@ class ObjectStore:
         `abort_stale_multipart_uploads`) and the error raised."""
         planned = plan_assembly(parts)
         if not planned:
-            self._retrier.call(
-                lambda: self._client.put_object(Bucket=self.bucket, Key=self.key(target), Body=b"")
-            )
+            self.put(target, b"")
             return
         if len(planned) > MAX_PARTS:
             raise RegistryError(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from artifactstore.blob.v1 import blob_pb2_grpc
 from artifactstore.config import Settings
 from artifactstore.rpc import Servicer, serve
+from artifactstore.storage import StorageOptions
 from blob_svc.service import SERVICE_NAME, BlobServicer
 from blob_svc.store import BlobStore
 
@@ -13,7 +14,11 @@ from blob_svc.store import BlobStore
 async def main(settings: Settings) -> None:
     """Serve BlobService over `settings.storage_url` at `settings.blob_address` until
     SIGTERM or SIGINT."""
-    store = BlobStore.from_url(settings.storage_url)
+    store = BlobStore.from_url(
+        settings.storage_url,
+        StorageOptions.from_settings(settings),
+        retry_seconds=settings.storage_retry_seconds,
+    )
     servicer = Servicer(
         blob_pb2_grpc.add_BlobServiceServicer_to_server, BlobServicer(store), SERVICE_NAME
     )

@@ -5,6 +5,7 @@ streams); the interceptor of artifactstore.rpc turns them into statuses."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -17,6 +18,10 @@ from blob_svc.store import BlobStore
 SERVICE_NAME: str = blob_pb2.DESCRIPTOR.services_by_name["BlobService"].full_name
 # The most entries a listing answers at once.
 MAX_LIST = 1000
+# Presigned URLs are meant to be short-lived.
+MAX_PRESIGN_SECONDS = 3600
+# A younger multipart upload may belong to a write or commit still in progress.
+MIN_MULTIPART_AGE_SECONDS = 60.0
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -115,6 +120,33 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             ],
             more=more,
         )
+
+    async def PresignBlob(
+        self, request: blob_pb2.PresignBlobRequest, context: Context
+    ) -> blob_pb2.PresignBlobResponse:
+        digest = Digest.parse(request.digest)
+        if not 1 <= request.expires_seconds <= MAX_PRESIGN_SECONDS:
+            raise RegistryError(
+                Reason.UNSUPPORTED,
+                f"expires_seconds must be between 1 and {MAX_PRESIGN_SECONDS}",
+            )
+        url = await self._store.presign(digest, request.expires_seconds)
+        if url is None:
+            raise RegistryError(Reason.UNSUPPORTED, "this storage cannot presign URLs")
+        return blob_pb2.PresignBlobResponse(url=url)
+
+    async def AbortStaleMultipartUploads(
+        self, request: blob_pb2.AbortStaleMultipartUploadsRequest, context: Context
+    ) -> blob_pb2.AbortStaleMultipartUploadsResponse:
+        if request.older_than_seconds < MIN_MULTIPART_AGE_SECONDS:
+            raise RegistryError(
+                Reason.UNSUPPORTED,
+                f"older_than_seconds must be at least {MIN_MULTIPART_AGE_SECONDS}",
+            )
+        aborted = await self._store.abort_stale_multipart_uploads(
+            timedelta(seconds=request.older_than_seconds)
+        )
+        return blob_pb2.AbortStaleMultipartUploadsResponse(aborted=aborted)
 
 
 def _limit(limit: int) -> int:

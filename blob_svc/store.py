@@ -9,11 +9,12 @@ Where storage kinds differ (see `_local`):
 - local disk (and DFS mounts): sessions grow by appending to `uploads/<id>/data`; a commit
   fsyncs the bytes and hard-links them to the canonical path, which publishes a complete
   file atomically and never replaces an existing blob.
-- object storage (S3, GCS; a later issue): pyarrow cannot append to objects, so a session
-  will have to be a series of part objects joined at commit (multipart upload). Publishing
-  uses `FileSystem.move`, a server-side copy whose object becomes visible only whole;
-  there is no "create if absent", so two racing commits of one digest may both copy the
-  same verified bytes, which is harmless.
+- object storage (S3 and compatible stores; see `blob_svc.objects`): objects cannot be
+  appended to, so a session is a series of part objects, joined at commit into the
+  canonical object by one multipart upload, which becomes visible only whole. There is no
+  "create if absent", so two racing commits of one digest may both write the same
+  verified bytes, which is harmless. Every call to the store is retried with backoff
+  while failures are transient; failures that persist become UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ import contextlib
 import errno
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -33,7 +34,9 @@ import pyarrow.fs as pafs
 from artifactstore.digests import ALGORITHMS, Digest
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.rpc import STREAM_CHUNK_BYTES
+from artifactstore.storage import StorageOptions, open_storage
 from blob_svc import paths
+from blob_svc.objects import ObjectStore, PartWriter, Retrier, SessionPart, session_parts
 from blob_svc.uploads import STREAM_ALGORITHM, HashState, HashStates, SessionLocks
 
 # Bytes handed to one worker-thread call when writing; one block is written while the next
@@ -43,6 +46,8 @@ WRITE_BLOCK_BYTES = 4 * 1024 * 1024
 READ_BATCH_CHUNKS = 4
 # Block size for hashing stored bytes again (after a restart, or for another algorithm).
 REHASH_BLOCK_BYTES = 8 * 1024 * 1024
+
+T = TypeVar("T")
 
 
 class BlobInfo(NamedTuple):
@@ -75,21 +80,36 @@ class BlobStore:
     within this process; a canonical blob needs no lock (it is immutable once visible).
     """
 
-    def __init__(self, filesystem: pafs.FileSystem, root: str) -> None:
-        """Use `root` (a pyarrow.fs path, which must exist) on `filesystem`."""
+    def __init__(
+        self, filesystem: pafs.FileSystem, root: str, objects: ObjectStore | None = None
+    ) -> None:
+        """Use `root` (a pyarrow.fs path, which must exist) on `filesystem`; `objects`
+        when the filesystem is object storage (the layout of sessions differs)."""
         self._fs = filesystem
         self._root = root.rstrip("/")
         self._local = isinstance(filesystem, pafs.LocalFileSystem)
+        self._objects = objects
         self._hashes = HashStates()
         self._locks = SessionLocks()
+        self._blob_locks = SessionLocks()
 
     @classmethod
-    def from_url(cls, storage_url: str) -> BlobStore:
-        """Open the store at `storage_url` (`file:///dir`; object storage later), creating
-        the root directory if needed. Blocks: call it at start-up."""
-        filesystem, root = pafs.FileSystem.from_uri(storage_url)
-        filesystem.create_dir(root, recursive=True)
-        return cls(filesystem, root)
+    def from_url(
+        cls,
+        storage_url: str,
+        options: StorageOptions | None = None,
+        retry_seconds: float = 30.0,
+    ) -> BlobStore:
+        """Open the store at `storage_url` (`file:///dir` or `s3://bucket/prefix`, see
+        `artifactstore.storage`), creating the root directory if needed; calls to object
+        storage are retried for up to `retry_seconds`. Blocks: call it at start-up."""
+        options = options or StorageOptions()
+        storage = open_storage(storage_url, options)
+        objects = None
+        if storage.s3 is not None:
+            retrier = Retrier(budget_seconds=retry_seconds)
+            objects = ObjectStore(storage.s3, storage.filesystem, retrier, options)
+        return cls(storage.filesystem, storage.root, objects)
 
     @property
     def filesystem(self) -> pafs.FileSystem:
@@ -101,6 +121,17 @@ class BlobStore:
         """The storage root, a path on `filesystem`."""
         return self._root
 
+    def _retried(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)`; on object storage with retries, failures that persist becoming
+        UNAVAILABLE. Only for calls that may run twice (reads, whole-object writes)."""
+        if self._objects is None:
+            return fn(*args)
+        return self._objects.retrier.call(fn, *args)
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        """`_retried(fn, *args)` in a worker thread."""
+        return await asyncio.to_thread(self._retried, fn, *args)
+
     # ----------------------------------------------------------------- upload sessions
 
     async def start_upload(self, upload_id: str) -> int:
@@ -111,18 +142,21 @@ class BlobStore:
         """
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
-            return await asyncio.to_thread(self._start_upload, upload_id)
+            return await self._io(self._start_upload, upload_id)
 
     def _start_upload(self, upload_id: str) -> int:
+        if self._objects is not None:
+            started_at = paths.upload_started_at(self._root, upload_id)
+            if self._fs.get_file_info(started_at).type == pafs.FileType.File:
+                return self._session_size(upload_id)
+            _write_started_at(self._fs, started_at)
+            return 0
         data = paths.upload_data(self._root, upload_id)
         info = self._fs.get_file_info(data)
         if info.type == pafs.FileType.File:
             return int(info.size)
         self._fs.create_dir(paths.upload_dir(self._root, upload_id), recursive=True)
-        with self._fs.open_output_stream(
-            paths.upload_started_at(self._root, upload_id), compression=None
-        ) as f:
-            f.write(datetime.now(UTC).isoformat(timespec="seconds").encode())
+        _write_started_at(self._fs, paths.upload_started_at(self._root, upload_id))
         # The data file is what makes the session exist, so it is created last.
         if self._local:
             # Append mode creates the file without truncating one a racing start made.
@@ -147,7 +181,7 @@ class BlobStore:
         """
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
-            size = await asyncio.to_thread(self._session_size, upload_id)
+            size = await self._io(self._session_size, upload_id)
             if offset is not None and offset != size:
                 raise RegistryError(
                     Reason.RANGE_INVALID,
@@ -159,6 +193,8 @@ class BlobStore:
             state = await asyncio.to_thread(
                 self._catch_up, upload_id, self._hashes.take(upload_id), size
             )
+            if self._objects is not None:
+                return await self._write_parts(upload_id, size, state, chunks)
             data = paths.upload_data(self._root, upload_id)
             try:
                 stream = await asyncio.to_thread(
@@ -178,6 +214,28 @@ class BlobStore:
                     self._hashes.put(upload_id, state)
             return state.size
 
+    async def _write_parts(
+        self, upload_id: str, size: int, state: HashState, chunks: AsyncIterator[bytes]
+    ) -> int:
+        """write_upload's body on object storage: `chunks` become part objects after the
+        session's `size` bytes (which `state` has hashed)."""
+        assert self._objects is not None
+        writer = PartWriter(self._objects, self._root, upload_id, size)
+        try:
+            await _pipe(chunks, (writer, _hash_all(state)))
+        finally:
+            # What was received but not yet stored is stored now (a failed store is not
+            # tried again: its retries are spent).
+            if not writer.failed:
+                flushing = asyncio.create_task(asyncio.to_thread(writer.flush))
+                cancelled = await _settle([flushing])
+                flushing.result()
+                if cancelled:
+                    raise asyncio.CancelledError
+            if writer.size == state.size:
+                self._hashes.put(upload_id, state)
+        return writer.size
+
     async def upload_size(self, upload_id: str) -> int:
         """The number of bytes session `upload_id` holds, once any write of it in progress
         in this process has ended (so after a client went away mid-stream, the size
@@ -188,7 +246,7 @@ class BlobStore:
         """
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
-            return await asyncio.to_thread(self._session_size, upload_id)
+            return await self._io(self._session_size, upload_id)
 
     async def commit_upload(self, upload_id: str, digest: Digest) -> BlobInfo:
         """Verify session `upload_id` against `digest`, make it the canonical blob of
@@ -205,7 +263,7 @@ class BlobStore:
         """
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
-            size = await asyncio.to_thread(self._session_size, upload_id)
+            size = await self._io(self._session_size, upload_id)
             if digest.algorithm == STREAM_ALGORITHM:
                 state = await asyncio.to_thread(
                     self._catch_up, upload_id, self._hashes.take(upload_id), size
@@ -220,7 +278,7 @@ class BlobStore:
                     f"upload {upload_id} has digest {digest.algorithm}:{actual}, not {digest}",
                     digest=str(digest),
                 )
-            await asyncio.to_thread(self._publish, upload_id, digest)
+            await asyncio.to_thread(self._publish, upload_id, digest, size)
             self._hashes.drop(upload_id)
             return BlobInfo(digest, size)
 
@@ -233,13 +291,13 @@ class BlobStore:
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
             self._hashes.drop(upload_id)
-            return await asyncio.to_thread(self._remove_session, upload_id)
+            return await self._io(self._remove_session, upload_id)
 
     # ---------------------------------------------------------------- canonical blobs
 
     async def stat(self, digest: Digest) -> int:
         """The size of the canonical blob `digest`; BLOB_UNKNOWN if there is none."""
-        info = await asyncio.to_thread(self._fs.get_file_info, paths.blob_data(self._root, digest))
+        info = await self._io(self._fs.get_file_info, paths.blob_data(self._root, digest))
         if info.type != pafs.FileType.File:
             raise _blob_unknown(digest)
         return int(info.size)
@@ -257,9 +315,7 @@ class BlobStore:
         if offset < 0 or (length is not None and length < 0):
             raise RegistryError(Reason.RANGE_INVALID, f"negative range {offset}+{length}")
         try:
-            source = await asyncio.to_thread(
-                self._fs.open_input_file, paths.blob_data(self._root, digest)
-            )
+            source = await self._io(self._fs.open_input_file, paths.blob_data(self._root, digest))
         except FileNotFoundError:
             raise _blob_unknown(digest) from None
         pending: asyncio.Task[list[bytes]] | None = None
@@ -275,16 +331,14 @@ class BlobStore:
             position = offset
             while position < end or pending is not None:
                 if pending is None:
-                    batch = await asyncio.to_thread(_read_batch, source, position, end)
+                    batch = await self._io(_read_batch, source, position, end)
                 else:
                     batch = await pending
                     pending = None
                 position += sum(len(chunk) for chunk in batch)
                 if position < end:
                     # Read the next batch while this one is being sent.
-                    pending = asyncio.create_task(
-                        asyncio.to_thread(_read_batch, source, position, end)
-                    )
+                    pending = asyncio.create_task(self._io(_read_batch, source, position, end))
                 for chunk in batch:
                     yield chunk
         finally:
@@ -303,26 +357,64 @@ class BlobStore:
 
     async def reclaim(self, digest: Digest) -> int | None:
         """`delete`, returning the bytes freed (None when the blob did not exist)."""
-        return await asyncio.to_thread(self._delete, digest)
+        # Object storage has no conditional delete: only serialising the deletes of one
+        # digest tells which of several concurrent ones (in this process) removed it.
+        async with self._blob_locks.hold(str(digest)):
+            return await asyncio.to_thread(self._delete, digest)
 
     async def list_blobs(self, after: Digest | None, limit: int) -> tuple[list[StoredBlob], bool]:
         """Up to `limit` canonical blobs after `after` in (algorithm, hex) order, and
         whether more remain. Entries that are not blobs of this layout are skipped."""
-        return await asyncio.to_thread(self._list_blobs, after, limit)
+        return await self._io(self._list_blobs, after, limit)
 
     async def list_uploads(self, after: str, limit: int) -> tuple[list[StoredUpload], bool]:
         """Up to `limit` upload sessions' directories after id `after` in id order (with
         or without data: a crash may leave a directory without it), and whether more
         remain."""
-        return await asyncio.to_thread(self._list_uploads, after, limit)
+        return await self._io(self._list_uploads, after, limit)
+
+    async def presign(self, digest: Digest, expires_seconds: int) -> str | None:
+        """A URL from which blob `digest` can be fetched (ranges too) without credentials
+        for `expires_seconds`, or None when the storage cannot give one (local disk).
+        Whether the blob exists is not checked: callers have checked its link."""
+        if self._objects is None:
+            return None
+        return self._objects.presign_get(paths.blob_data(self._root, digest), expires_seconds)
+
+    async def abort_stale_multipart_uploads(self, older_than: timedelta) -> int:
+        """Abort the multipart uploads of the storage begun more than `older_than` ago
+        (invisible leftovers of a blob_svc that died while writing a part or committing)
+        and return how many there were; 0 on storage that has none (local disk).
+        `older_than` must exceed the longest write or commit (an hour is safe)."""
+        if self._objects is None:
+            return 0
+        return await asyncio.to_thread(self._objects.abort_stale_multipart_uploads, older_than)
 
     # ------------------------------------------------------------------ worker threads
 
     def _session_size(self, upload_id: str) -> int:
+        if self._objects is not None:
+            return sum(part.size for part in self._session_parts(upload_id))
         info = self._fs.get_file_info(paths.upload_data(self._root, upload_id))
         if info.type != pafs.FileType.File:
             raise _upload_unknown(upload_id)
         return int(info.size)
+
+    def _session_objects(self, upload_id: str) -> list[pafs.FileInfo]:
+        """Every object of a session on object storage (one listing)."""
+        selector = pafs.FileSelector(
+            paths.upload_dir(self._root, upload_id), recursive=True, allow_not_found=True
+        )
+        return [i for i in self._fs.get_file_info(selector) if i.type == pafs.FileType.File]
+
+    def _session_parts(self, upload_id: str) -> list[SessionPart]:
+        """The part objects of a session on object storage; BLOB_UPLOAD_UNKNOWN if it has
+        no `startedat` (never started, or ended)."""
+        infos = self._session_objects(upload_id)
+        started_at = paths.upload_started_at(self._root, upload_id)
+        if not any(info.path == started_at for info in infos):
+            raise _upload_unknown(upload_id)
+        return session_parts(infos, upload_id)
 
     def _published_before(self, upload_id: str) -> bool:
         """Whether a commit of the session linked its data to a canonical blob and then
@@ -356,6 +448,9 @@ class BlobStore:
     def _hash_range(
         self, upload_id: str, start: int, end: int, consume: Callable[[bytes], None]
     ) -> None:
+        if self._objects is not None:
+            self._hash_parts(upload_id, start, end, consume)
+            return
         try:
             source = self._fs.open_input_file(paths.upload_data(self._root, upload_id))
         except FileNotFoundError:
@@ -371,16 +466,60 @@ class BlobStore:
                 consume(block)
                 position += len(block)
 
-    def _publish(self, upload_id: str, digest: Digest) -> None:
-        """Make the verified bytes of the session the canonical blob, then end the session."""
+    def _stored_session(self, upload_id: str) -> StoredUpload:
+        """A session on object storage as listed: the bytes of its parts, and when its
+        latest object was written (object storage has no directory times)."""
+        infos = self._session_objects(upload_id)
+        size = sum(
+            int(info.size) for info in infos if paths.part_offset(info.base_name) is not None
+        )
+        return StoredUpload(upload_id, size, max((_seconds(i) for i in infos), default=0.0))
+
+    def _hash_parts(
+        self, upload_id: str, start: int, end: int, consume: Callable[[bytes], None]
+    ) -> None:
+        """_hash_range on object storage: bytes [start, end) across the part objects, each
+        read retried on its own (a read may run twice, a hash update may not)."""
+        for part in self._retried(self._session_parts, upload_id):
+            first, stop = max(start, part.offset), min(end, part.offset + part.size)
+            if first >= stop:
+                continue
+            try:
+                source = self._retried(self._fs.open_input_file, part.path)
+            except FileNotFoundError:
+                raise _upload_unknown(upload_id) from None
+            with source:
+                position = first
+                while position < stop:
+                    length = min(REHASH_BLOCK_BYTES, stop - position)
+                    block = self._retried(source.read_at, length, position - part.offset)
+                    if len(block) != length:
+                        raise RegistryError(
+                            Reason.BLOB_UPLOAD_INVALID, f"upload {upload_id} shrank while hashed"
+                        )
+                    consume(block)
+                    position += length
+
+    def _publish(self, upload_id: str, digest: Digest, size: int) -> None:
+        """Make the verified `size` bytes of the session the canonical blob, then end the
+        session."""
         if self._local:
             self._publish_local(upload_id, digest)
+        elif self._objects is not None:
+            target = paths.blob_data(self._root, digest)
+            if self._retried(self._fs.get_file_info, target).type == pafs.FileType.NotFound:
+                parts = self._retried(self._session_parts, upload_id)
+                if sum(part.size for part in parts) != size:
+                    raise RegistryError(
+                        Reason.BLOB_UPLOAD_INVALID, f"upload {upload_id} changed while committed"
+                    )
+                self._objects.assemble(parts, target)
         else:
             target = paths.blob_data(self._root, digest)
             if self._fs.get_file_info(target).type == pafs.FileType.NotFound:
                 self._fs.create_dir(paths.blob_dir(self._root, digest), recursive=True)
                 self._fs.move(paths.upload_data(self._root, upload_id), target)
-        self._remove_session(upload_id)
+        self._retried(self._remove_session, upload_id)
 
     def _publish_local(self, upload_id: str, digest: Digest) -> None:
         source = paths.upload_data(self._root, upload_id)
@@ -420,6 +559,13 @@ class BlobStore:
         raise OSError(errno.ENOENT, f"blob directory of {digest} keeps disappearing")
 
     def _remove_session(self, upload_id: str) -> bool:
+        if self._objects is not None:
+            found = [info.path for info in self._session_objects(upload_id)]
+            started_at = paths.upload_started_at(self._root, upload_id)
+            # `startedat` goes first: from then on the session does not exist, even if
+            # the deletion of its parts is interrupted (GC removes such leftovers).
+            self._objects.delete_many(sorted(found, key=lambda path: path != started_at))
+            return bool(found)
         try:
             self._fs.delete_dir(paths.upload_dir(self._root, upload_id))
         except FileNotFoundError:
@@ -428,11 +574,14 @@ class BlobStore:
 
     def _delete(self, digest: Digest) -> int | None:
         target = paths.blob_data(self._root, digest)
-        info = self._fs.get_file_info(target)
+        info = self._retried(self._fs.get_file_info, target)
         if info.type == pafs.FileType.NotFound:
             return None
         try:
-            self._fs.delete_file(target)
+            if self._objects is not None:
+                self._objects.delete(target)
+            else:
+                self._fs.delete_file(target)
         except FileNotFoundError:
             return None
         if self._local:
@@ -482,6 +631,9 @@ class BlobStore:
                 continue
             if len(found) == limit:
                 return found, True
+            if self._objects is not None:
+                found.append(self._stored_session(upload_id))
+                continue
             data = self._fs.get_file_info(paths.upload_data(self._root, upload_id))
             if data.type == pafs.FileType.File:
                 found.append(StoredUpload(upload_id, int(data.size), _seconds(data)))
@@ -575,6 +727,11 @@ def _read_batch(source: pa.NativeFile, position: int, end: int) -> list[bytes]:
         batch.append(chunk)
         position += len(chunk)
     return batch
+
+
+def _write_started_at(filesystem: pafs.FileSystem, path: str) -> None:
+    with filesystem.open_output_stream(path, compression=None) as f:
+        f.write(datetime.now(UTC).isoformat(timespec="seconds").encode())
 
 
 def _seconds(info: pafs.FileInfo) -> float:

@@ -1,7 +1,10 @@
 """Blobs: `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>` (end-2, end-10).
 
 A blob is served only if the repository links it (metadata_svc), then streamed from
-blob_svc as it arrives, never held whole.
+blob_svc as it arrives, never held whole; or, with ARTS_STORAGE_REDIRECT on object
+storage, answered with a `307` to a short-lived presigned URL of the object store, so
+the bytes go from there to the client directly (Distribution's `redirect` option). Access
+is checked before either: the auth middleware runs before this handler.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ import re
 import grpc
 from aiohttp import hdrs, web
 
+from artifactstore.blob.v1 import blob_pb2 as bl
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
 from gateway import audit, params
+from gateway.clients import Clients
 from gateway.errors import EdgeError
-from gateway.keys import clients
+from gateway.keys import clients, settings
 from gateway.responses import CONTENT_DIGEST
 
 log = logging.getLogger(__name__)
@@ -80,6 +85,12 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     if request.method == hdrs.METH_HEAD:
         headers[hdrs.CONTENT_LENGTH] = str(size)
         return web.Response(headers=headers)
+    config = settings(request)
+    if config.storage_redirect:
+        url = await _presigned(backends, digest, config.storage_redirect_seconds)
+        if url is not None:
+            # A Range header goes to the object store with the redirected request.
+            return web.Response(status=307, headers={hdrs.LOCATION: url, CONTENT_DIGEST: digest})
     byte_range = requested_range(request.headers.get(hdrs.RANGE), size)
     if byte_range is None:
         status, first, length = 200, 0, size
@@ -125,6 +136,22 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             if request.transport is not None:
                 request.transport.close()
     return response
+
+
+async def _presigned(backends: Clients, digest: str, expires_seconds: int) -> str | None:
+    """A presigned URL of the blob from blob_svc, or None when its storage cannot give one
+    (local disk: the blob is streamed instead)."""
+    try:
+        reply = await call(
+            backends.blob.PresignBlob(
+                bl.PresignBlobRequest(digest=digest, expires_seconds=expires_seconds)
+            )
+        )
+    except RegistryError as err:
+        if err.reason != Reason.UNSUPPORTED:
+            raise
+        return None
+    return reply.url
 
 
 async def delete_blob(request: web.Request) -> web.Response:

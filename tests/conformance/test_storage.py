@@ -1,8 +1,8 @@
 """Storage conformance suite: BlobStore's contract, run against every storage backend.
 
-Backends: `file://` in a temporary directory, always; an object-storage URL when
-ARTS_TEST_S3_URL is set (for example `s3://bucket/prefix?endpoint_override=host:9000`),
-each test then getting a fresh prefix under it.
+Backends: `file://` in a temporary directory, and S3 on the Ceph RADOS Gateway that
+`make test` starts (ARTS_TEST_S3_URL, see tests/objectstore.py; the S3 tests fail when it
+is not set), each test getting a fresh prefix of the test bucket.
 
 As in distribution's driver test suite, every test cleans up after itself through the
 store's own API, and the teardown fails if anything is left in the storage root: no
@@ -20,8 +20,8 @@ import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow.fs as pafs
 import pytest
@@ -30,30 +30,31 @@ from artifactstore.digests import Digest
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.rpc import STREAM_CHUNK_BYTES
 from blob_svc import paths
+from blob_svc.objects import SESSION_PART_BYTES
 from blob_svc.store import BlobInfo, BlobStore
+from tests.objectstore import fresh_s3_url
 
 MiB = 1024 * 1024
 
-BACKENDS = ["file"] + (["s3"] if os.environ.get("ARTS_TEST_S3_URL") else [])
 
-
-@pytest.fixture(params=BACKENDS)
+@pytest.fixture(params=["file", "s3"])
 def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """A fresh, empty storage root on one backend."""
     if request.param == "file":
         return (tmp_path / "storage").as_uri()
-    base = urlsplit(os.environ["ARTS_TEST_S3_URL"])
-    prefix = f"{base.path.rstrip('/')}/conformance-{uuid.uuid4().hex}"
-    return urlunsplit(base._replace(path=prefix))
+    return fresh_s3_url("conformance")
 
 
 @pytest.fixture
 def store(storage_url: str) -> Iterator[BlobStore]:
-    """A BlobStore on a fresh root; the teardown fails if the test left anything behind."""
+    """A BlobStore on a fresh root; the teardown fails if the test left anything behind:
+    a file or object, or on object storage an unfinished multipart upload too."""
     blob_store = BlobStore.from_url(storage_url)
     yield blob_store
     left = leftovers(blob_store.filesystem, blob_store.root)
     assert not left, f"storage not cleaned up, left behind: {left}"
+    unfinished = asyncio.run(blob_store.abort_stale_multipart_uploads(timedelta(0)))
+    assert not unfinished, f"{unfinished} unfinished multipart upload(s) left behind"
 
 
 def leftovers(filesystem: pafs.FileSystem, root: str) -> list[str]:
@@ -403,7 +404,7 @@ async def test_delete_is_idempotent(store: BlobStore) -> None:
     )
 
 
-async def test_64_mib_blob_streams_in_bounded_memory(store: BlobStore) -> None:
+async def test_64_mib_blob_streams_in_bounded_memory(storage_url: str, store: BlobStore) -> None:
     block = random.Random(8).randbytes(MiB)
     count = 64
     expected = sha256(*([block] * count))
@@ -421,7 +422,9 @@ async def test_64_mib_blob_streams_in_bounded_memory(store: BlobStore) -> None:
     finally:
         tracemalloc.stop()
     assert hasher.hexdigest() == expected.hex
-    assert peak < 16 * MiB, f"peak {peak / MiB:.1f} MiB for a {count} MiB blob"
+    # Object storage buffers one session part object on top (it is PUT whole).
+    limit = 16 * MiB + (SESSION_PART_BYTES if storage_url.startswith("s3:") else 0)
+    assert peak < limit, f"peak {peak / MiB:.1f} MiB for a {count} MiB blob"
     assert await store.delete(info.digest)
 
 
@@ -481,10 +484,12 @@ async def test_kill_9_leaves_no_partial_blob(storage_url: str, store: BlobStore)
             hasher.update(chunk)
         assert hasher.hexdigest() == digest.hex
         assert await store.delete(digest)
-    # Sessions interrupted by the kills remain, as sessions only; GC's job, done here.
+    # Sessions interrupted by the kills remain, as sessions only, and on object storage
+    # perhaps an unfinished multipart upload; GC's job, done here.
     selector = pafs.FileSelector(paths.uploads_root(store.root), allow_not_found=True)
     for info in await asyncio.to_thread(store.filesystem.get_file_info, selector):
         assert await store.cancel_upload(info.base_name)
+    await store.abort_stale_multipart_uploads(timedelta(0))
 
 
 async def test_local_commit_interrupted_after_publishing(tmp_path: Path) -> None:

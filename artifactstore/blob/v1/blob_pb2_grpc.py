@@ -84,6 +84,16 @@ class BlobServiceStub:
                 request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsResponse.FromString,
                 _registered_method=True)
+        self.PresignBlob = channel.unary_unary(
+                '/artifactstore.blob.v1.BlobService/PresignBlob',
+                request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobResponse.FromString,
+                _registered_method=True)
+        self.AbortStaleMultipartUploads = channel.unary_unary(
+                '/artifactstore.blob.v1.BlobService/AbortStaleMultipartUploads',
+                request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.AbortStaleMultipartUploadsRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.AbortStaleMultipartUploadsResponse.FromString,
+                _registered_method=True)
 
 
 class BlobServiceServicer:
@@ -171,6 +181,28 @@ class BlobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PresignBlob(self, request, context):
+        """A URL from which a client can GET the canonical blob (and byte ranges of it) straight
+        from object storage, without further credentials, for `expires_seconds` (1-3,600).
+        The caller has checked access (the gateway: the repository links the blob and the
+        client may pull it); the blob's existence is not checked again. UNIMPLEMENTED /
+        UNSUPPORTED when the storage cannot presign (local disk): stream with ReadBlob.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AbortStaleMultipartUploads(self, request, context):
+        """Aborts the multipart uploads under the storage root begun more than
+        `older_than_seconds` ago: invisible leftovers of a blob_svc killed while writing a
+        session's part or committing, which object stores keep (and bill) until aborted.
+        gc_svc calls it with its abandoned-upload grace; it must exceed the longest write or
+        commit. Returns how many were aborted; always 0 on local storage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BlobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -223,6 +255,16 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     servicer.ListUploads,
                     request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsRequest.FromString,
                     response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsResponse.SerializeToString,
+            ),
+            'PresignBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.PresignBlob,
+                    request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobRequest.FromString,
+                    response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobResponse.SerializeToString,
+            ),
+            'AbortStaleMultipartUploads': grpc.unary_unary_rpc_method_handler(
+                    servicer.AbortStaleMultipartUploads,
+                    request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.AbortStaleMultipartUploadsRequest.FromString,
+                    response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.AbortStaleMultipartUploadsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -495,6 +537,60 @@ class BlobService:
             '/artifactstore.blob.v1.BlobService/ListUploads',
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsRequest.SerializeToString,
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.ListUploadsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PresignBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.blob.v1.BlobService/PresignBlob',
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobRequest.SerializeToString,
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AbortStaleMultipartUploads(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.blob.v1.BlobService/AbortStaleMultipartUploads',
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.AbortStaleMultipartUploadsRequest.SerializeToString,
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.AbortStaleMultipartUploadsResponse.FromString,
             options,
             channel_credentials,
             insecure,

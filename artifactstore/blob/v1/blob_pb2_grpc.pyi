@@ -80,6 +80,20 @@ class BlobServiceStub:
     for GC to find those metadata_svc no longer knows. PAGINATION_INVALID for a limit out
     of range.
     """
+    PresignBlob: _grpc.UnaryUnaryMultiCallable[_blob_pb2.PresignBlobRequest, _blob_pb2.PresignBlobResponse]
+    """A URL from which a client can GET the canonical blob (and byte ranges of it) straight
+    from object storage, without further credentials, for `expires_seconds` (1-3,600).
+    The caller has checked access (the gateway: the repository links the blob and the
+    client may pull it); the blob's existence is not checked again. UNIMPLEMENTED /
+    UNSUPPORTED when the storage cannot presign (local disk): stream with ReadBlob.
+    """
+    AbortStaleMultipartUploads: _grpc.UnaryUnaryMultiCallable[_blob_pb2.AbortStaleMultipartUploadsRequest, _blob_pb2.AbortStaleMultipartUploadsResponse]
+    """Aborts the multipart uploads under the storage root begun more than
+    `older_than_seconds` ago: invisible leftovers of a blob_svc killed while writing a
+    session's part or committing, which object stores keep (and bill) until aborted.
+    gc_svc calls it with its abandoned-upload grace; it must exceed the longest write or
+    commit. Returns how many were aborted; always 0 on local storage.
+    """
 
 @_typing.type_check_only
 class BlobServiceAsyncStub(BlobServiceStub):
@@ -122,6 +136,20 @@ class BlobServiceAsyncStub(BlobServiceStub):
     """Upload sessions' directories in id order, at most `limit` (1-1,000) after `after`,
     for GC to find those metadata_svc no longer knows. PAGINATION_INVALID for a limit out
     of range.
+    """
+    PresignBlob: _aio.UnaryUnaryMultiCallable[_blob_pb2.PresignBlobRequest, _blob_pb2.PresignBlobResponse]  # type: ignore[assignment]
+    """A URL from which a client can GET the canonical blob (and byte ranges of it) straight
+    from object storage, without further credentials, for `expires_seconds` (1-3,600).
+    The caller has checked access (the gateway: the repository links the blob and the
+    client may pull it); the blob's existence is not checked again. UNIMPLEMENTED /
+    UNSUPPORTED when the storage cannot presign (local disk): stream with ReadBlob.
+    """
+    AbortStaleMultipartUploads: _aio.UnaryUnaryMultiCallable[_blob_pb2.AbortStaleMultipartUploadsRequest, _blob_pb2.AbortStaleMultipartUploadsResponse]  # type: ignore[assignment]
+    """Aborts the multipart uploads under the storage root begun more than
+    `older_than_seconds` ago: invisible leftovers of a blob_svc killed while writing a
+    session's part or committing, which object stores keep (and bill) until aborted.
+    gc_svc calls it with its abandoned-upload grace; it must exceed the longest write or
+    commit. Returns how many were aborted; always 0 on local storage.
     """
 
 class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -222,6 +250,32 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Upload sessions' directories in id order, at most `limit` (1-1,000) after `after`,
         for GC to find those metadata_svc no longer knows. PAGINATION_INVALID for a limit out
         of range.
+        """
+
+    @_abc_1.abstractmethod
+    def PresignBlob(
+        self,
+        request: _blob_pb2.PresignBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blob_pb2.PresignBlobResponse, _abc.Awaitable[_blob_pb2.PresignBlobResponse]]:
+        """A URL from which a client can GET the canonical blob (and byte ranges of it) straight
+        from object storage, without further credentials, for `expires_seconds` (1-3,600).
+        The caller has checked access (the gateway: the repository links the blob and the
+        client may pull it); the blob's existence is not checked again. UNIMPLEMENTED /
+        UNSUPPORTED when the storage cannot presign (local disk): stream with ReadBlob.
+        """
+
+    @_abc_1.abstractmethod
+    def AbortStaleMultipartUploads(
+        self,
+        request: _blob_pb2.AbortStaleMultipartUploadsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blob_pb2.AbortStaleMultipartUploadsResponse, _abc.Awaitable[_blob_pb2.AbortStaleMultipartUploadsResponse]]:
+        """Aborts the multipart uploads under the storage root begun more than
+        `older_than_seconds` ago: invisible leftovers of a blob_svc killed while writing a
+        session's part or committing, which object stores keep (and bill) until aborted.
+        gc_svc calls it with its abandoned-upload grace; it must exceed the longest write or
+        commit. Returns how many were aborted; always 0 on local storage.
         """
 
 def add_BlobServiceServicer_to_server(servicer: BlobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
