@@ -165,15 +165,18 @@ class CommandError(Exception):
 def _db_import(settings: Settings, args: argparse.Namespace) -> str:
     # Imported here: the analysis library (and pyarrow) would otherwise load with every
     # `artifact-store` command, the services' own starts included.
+    from artifactstore.storage import StorageOptions
     from scan_svc import vulndb
     from scan_svc.analysis import AnalysisError
     from scan_svc.storage import Storage
 
     try:
         pointer = vulndb.import_database(
-            Storage.open(settings.storage_url), args.paths, replace=args.replace
+            Storage.open(settings.storage_url, StorageOptions.from_settings(settings)),
+            args.paths,
+            replace=args.replace,
         )
-    except (AnalysisError, OSError) as exc:
+    except (AnalysisError, OSError, ValueError) as exc:
         raise CommandError(str(exc)) from exc
     return (
         f"vulnerability database {pointer.version}: {pointer.records} records "

@@ -10,6 +10,7 @@ from artifactstore.config import Settings
 from artifactstore.iam.v1 import iam_pb2_grpc
 from artifactstore.metadata.v1 import metadata_pb2_grpc, scans_pb2_grpc
 from artifactstore.scan.v1 import scan_pb2, scan_pb2_grpc
+from artifactstore.storage import StorageOptions
 from scan_svc.service import ScanServicer
 from scan_svc.storage import Storage
 from scan_svc.vulndb import DatabaseCache
@@ -20,7 +21,7 @@ async def main(settings: Settings) -> None:
     """Serve ScanService at the configured address and work the scan queue until SIGTERM
     or SIGINT; a scan running then is abandoned (its lease runs out and another worker
     takes the task)."""
-    storage = Storage.open(settings.storage_url)
+    storage = Storage.open(settings.storage_url, StorageOptions.from_settings(settings))
     database = DatabaseCache(storage)
     status = WorkerStatus()
     timeout = settings.rpc_timeout_seconds

@@ -1,7 +1,7 @@
-"""The blob storage root as scan_svc uses it: the same `pyarrow.fs` filesystem and root
-that ARTS_STORAGE_URL names for blob_svc, for the folders scanning owns (`scans/`,
-`scan-packages/`, `vulndb/`; see `scan_svc.reports` and `scan_svc.vulndb`). Canonical
-blobs are never touched here."""
+"""The blob storage root as scan_svc uses it: the root ARTS_STORAGE_URL names, opened as
+blob_svc opens it (`artifactstore.storage`: a local directory or DFS mount, or S3), for the
+folders scanning owns (`scans/`, `scan-packages/`, `vulndb/`; see `scan_svc.reports` and
+`scan_svc.vulndb`). Canonical blobs are never touched here."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import pyarrow.fs as pafs
 
+from artifactstore.storage import StorageOptions, open_storage
+
 
 @dataclass(frozen=True)
 class Storage:
@@ -21,10 +23,11 @@ class Storage:
     root: str
 
     @classmethod
-    def open(cls, url: str) -> Storage:
-        """The storage at `url` (`file:///…`, `s3://…`, `gs://…`, or a local path)."""
-        fs, root = pafs.FileSystem.from_uri(url)
-        return cls(fs, root.rstrip("/"))
+    def open(cls, url: str, options: StorageOptions | None = None) -> Storage:
+        """The storage at `url` (`file:///…`, a local path, or `s3://…`; see
+        `artifactstore.storage.open_storage`, whose errors it raises). Blocks."""
+        opened = open_storage(url, options)
+        return cls(opened.filesystem, opened.root)
 
     def path(self, relative: str) -> str:
         """The filesystem path of `relative` (a `/`-separated path under the root)."""
