@@ -7,7 +7,7 @@ BENCH_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help run test lint typecheck protos protos-check test-deps bench bench-deps clean
+.PHONY: help run test test-big-blob lint typecheck protos protos-check test-deps bench bench-deps clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ typecheck: $(VENV)/.installed ## mypy over the whole project
 
 test: $(VENV)/.installed test-deps protos-check lint typecheck ## everything CI runs: deps, fresh protos, lint, types, the whole test suite (with a Ceph cluster for the S3 tests, stopped after)
 	scripts/ceph run $(BIN)/pytest $(PYTEST_ARGS)
+
+test-big-blob: $(VENV)/.installed test-deps ## a 6 GiB blob pushed and pulled through the mesh onto a fresh Ceph cluster (minutes): timings, peak memory
+	ARTS_TEST_BIG_BLOB_GIB=6 scripts/ceph run $(BIN)/pytest -s tests/s3/test_big_blob.py
 
 clean: ## remove the virtualenv and local data
 	rm -rf $(VENV) data .mypy_cache .ruff_cache .pytest_cache

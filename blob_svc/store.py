@@ -717,16 +717,12 @@ def _hash_all(state: HashState) -> Callable[[Sequence[bytes]], None]:
 
 
 def _read_batch(source: pa.NativeFile, position: int, end: int) -> list[bytes]:
-    batch: list[bytes] = []
-    for _ in range(READ_BATCH_CHUNKS):
-        if position >= end:
-            break
-        chunk = source.read_at(min(STREAM_CHUNK_BYTES, end - position), position)
-        if not chunk:
-            raise RegistryError(Reason.BLOB_UNKNOWN, "blob shrank while read")
-        batch.append(chunk)
-        position += len(chunk)
-    return batch
+    # One read per batch: on object storage each read is a ranged GET.
+    length = min(READ_BATCH_CHUNKS * STREAM_CHUNK_BYTES, end - position)
+    data = source.read_at(length, position)
+    if len(data) != length:
+        raise RegistryError(Reason.BLOB_UNKNOWN, "blob shrank while read")
+    return [data[i : i + STREAM_CHUNK_BYTES] for i in range(0, length, STREAM_CHUNK_BYTES)]
 
 
 def _write_started_at(filesystem: pafs.FileSystem, path: str) -> None:

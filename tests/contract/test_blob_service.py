@@ -1,7 +1,8 @@
 """Contract of artifactstore.blob.v1.BlobService (protos/artifactstore/blob/v1/blob.proto),
 checked against the real service process (`artifact-store blob`) over its unix socket:
 every RPC, every error's status code and ErrorInfo reason, health checking, reflection,
-and the streaming throughput (printed)."""
+and the streaming throughput (printed). The module runs twice: blobs on local disk, and
+on the Ceph RADOS Gateway that `make test` starts (tests/objectstore.py)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterator
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -25,6 +28,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from artifactstore import rpc
 from artifactstore.blob.v1 import blob_pb2, blob_pb2_grpc
 from artifactstore.errors import DOMAIN, Reason, RegistryError
+from blob_svc.store import BlobStore
+from tests.conformance.test_storage import leftovers
+from tests.objectstore import fresh_s3_url
 
 if TYPE_CHECKING:
     from artifactstore.blob.v1.blob_pb2_grpc import BlobServiceAsyncStub as Stub
@@ -50,12 +56,20 @@ def _wait_serving(address: str, timeout: float = 20.0) -> None:
             time.sleep(0.05)
 
 
+@pytest.fixture(scope="module", params=["file", "s3"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """The storage the service runs on: `file` or `s3`."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def address(backend: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """One blob service process for the module; it must stop cleanly on SIGTERM."""
     data = tmp_path_factory.mktemp("blob")
     address = f"unix:{data / 'blob.sock'}"
     env = {**os.environ, "ARTS_DATA_DIR": str(data), "ARTS_BLOB_ADDRESS": address}
+    storage_url = (data / "storage").as_uri() if backend == "file" else fresh_s3_url("contract")
+    env["ARTS_STORAGE_URL"] = storage_url
     process = subprocess.Popen([sys.executable, "-m", "artifactstore.cli", "blob"], env=env)
     try:
         _wait_serving(address)
@@ -64,9 +78,11 @@ def address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     # Every test ends its sessions and deletes its blobs: nothing may remain.
-    storage = data / "storage"
-    left = [str(p.relative_to(storage)) for p in storage.rglob("*") if not p.is_dir()]
+    store = BlobStore.from_url(storage_url)
+    left = leftovers(store.filesystem, store.root)
     assert not left, f"left behind in storage: {left}"
+    unfinished = asyncio.run(store.abort_stale_multipart_uploads(timedelta(0)))
+    assert not unfinished, f"{unfinished} unfinished multipart uploads left behind"
 
 
 @pytest.fixture
@@ -489,3 +505,57 @@ async def test_list_blobs_and_uploads(stub: Stub) -> None:
             await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
         for upload_id in sessions:
             await stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=upload_id))
+
+
+async def test_presign_blob(backend: str, stub: Stub) -> None:
+    data = b"fetched straight from the store"
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    await stub.WriteUpload(messages(upload_id, [data]))
+    digest = digest_of(data)
+    await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    try:
+        for bad in (0, 3601):
+            await expect_error(
+                stub.PresignBlob(blob_pb2.PresignBlobRequest(digest=digest, expires_seconds=bad)),
+                grpc.StatusCode.UNIMPLEMENTED,
+                Reason.UNSUPPORTED,
+            )
+        await expect_error(
+            stub.PresignBlob(blob_pb2.PresignBlobRequest(digest="sha256:x", expires_seconds=9)),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.DIGEST_INVALID,
+        )
+        request = blob_pb2.PresignBlobRequest(digest=digest, expires_seconds=30)
+        if backend == "file":
+            # Local disk cannot presign: the caller streams with ReadBlob.
+            await expect_error(
+                stub.PresignBlob(request), grpc.StatusCode.UNIMPLEMENTED, Reason.UNSUPPORTED
+            )
+            return
+        url = (await stub.PresignBlob(request)).url
+        assert "X-Amz-Expires=30" in url
+        assert await asyncio.to_thread(fetch, url) == data
+    finally:
+        await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+
+
+def fetch(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as reply:
+        body: bytes = reply.read()
+        return body
+
+
+async def test_abort_stale_multipart_uploads(stub: Stub) -> None:
+    """Nothing is stale here (every commit finished): nothing to abort, on any storage."""
+    reply = await stub.AbortStaleMultipartUploads(
+        blob_pb2.AbortStaleMultipartUploadsRequest(older_than_seconds=3600)
+    )
+    assert reply.aborted == 0
+    await expect_error(
+        stub.AbortStaleMultipartUploads(
+            blob_pb2.AbortStaleMultipartUploadsRequest(older_than_seconds=59)
+        ),
+        grpc.StatusCode.UNIMPLEMENTED,
+        Reason.UNSUPPORTED,
+    )
