@@ -30,6 +30,9 @@ from gc_svc.progress import (
 
 log = logging.getLogger(__name__)
 
+# AbortStaleMultipartUploads refuses younger ages (blob.proto): a write or commit in
+# progress may be that recent.
+MIN_MULTIPART_AGE_SECONDS = 60.0
 # ExpiredUpload.reason (metadata/v1/gc.proto) → category.
 _UPLOAD_CATEGORIES = {"abandoned": ABANDONED_UPLOADS, "expired": EXPIRED_UPLOADS}
 
@@ -144,9 +147,18 @@ async def sweep_uploads(b: Backends, cycle: Cycle) -> None:
     """Remove upload sessions idle for ARTS_GC_UPLOAD_IDLE_SECS or open for longer than
     ARTS_GC_UPLOAD_TIMEOUT_SECS, then the upload directories in storage that metadata
     does not know (their metadata went, their bytes did not: a crash in between) once
-    they are idle as long."""
+    they are idle as long, then (object storage) multipart uploads as old that a killed
+    blob_svc left unfinished."""
     await _expire_uploads(b, cycle)
     await _remove_unknown_uploads(b, cycle)
+    if not cycle.dry_run:
+        older_than = max(b.settings.gc_upload_idle_seconds, MIN_MULTIPART_AGE_SECONDS)
+        reply = await call(
+            b.blob.AbortStaleMultipartUploads(
+                blob_pb2.AbortStaleMultipartUploadsRequest(older_than_seconds=older_than)
+            )
+        )
+        b.progress.record(ABANDONED_UPLOADS, cycle, marked=reply.aborted, reclaimed=reply.aborted)
 
 
 async def _expire_uploads(b: Backends, cycle: Cycle) -> None:

@@ -143,10 +143,9 @@ def _batch(batch: int) -> int:
     return min(batch, MAX_BATCH)
 
 
-def _seconds(value: float, name: str) -> float:
+def _check_seconds(value: float, name: str) -> None:
     if value < 0:
         raise RegistryError(Reason.PAGINATION_INVALID, f"{name} must not be negative")
-    return value
 
 
 def _digest(text: str) -> str:
@@ -335,7 +334,7 @@ class GcStore:
         """Remove the marked manifests of the next batch whose mark is older than
         `retention` seconds and that are still not live."""
         limit = _batch(batch)
-        _seconds(retention, "retention_seconds")
+        _check_seconds(retention, "retention_seconds")
         keys = self._keys
 
         def fn(tr: Transaction) -> Page:
@@ -368,7 +367,7 @@ class GcStore:
         """Remove the marked links of the next batch whose mark is older than `grace`
         seconds and that no manifest references (rule 1 of the module docstring)."""
         limit = _batch(batch)
-        _seconds(grace, "grace_seconds")
+        _check_seconds(grace, "grace_seconds")
         keys = self._keys
 
         def fn(tr: Transaction) -> Page:
@@ -404,7 +403,7 @@ class GcStore:
         """Enqueue a canonical task for each marked digest of the next batch whose mark is
         older than `grace` seconds and that no repository links."""
         limit = _batch(batch)
-        _seconds(grace, "grace_seconds")
+        _check_seconds(grace, "grace_seconds")
         keys = self._keys
 
         def fn(tr: Transaction) -> Page:
@@ -612,8 +611,8 @@ class GcStore:
         touches a session concurrently conflicts with it); after the last session, the
         commit records older than COMMIT_RECORD_SECONDS (commits that never linked)."""
         limit = _batch(batch)
-        _seconds(idle, "idle_seconds")
-        _seconds(max_age, "timeout_seconds")
+        _check_seconds(idle, "idle_seconds")
+        _check_seconds(max_age, "timeout_seconds")
         keys = self._keys
         commits = keys.gc_blob_commits_all()
 

@@ -289,7 +289,11 @@ IDLE = 2.0
 TIMEOUT = 3.0
 
 
-def test_each_kind_is_collected_after_its_grace_and_nothing_else(start_registry, oci_error):
+def test_each_kind_is_collected_after_its_grace_and_nothing_else(start_registry):
+    """Orphaned blobs (links no manifest names, bytes never linked) go after the pending
+    grace, deleted repositories at once, abandoned uploads after the idle limit, expired
+    ones after the timeout, lost upload directories too; a dry run changes nothing; what
+    live manifests need (shared, indexed, untagged) stays, and nothing else does."""
     reg = start_registry(
         ARTS_GC_PENDING_GRACE_SECS=str(GRACE),
         ARTS_GC_UPLOAD_IDLE_SECS=str(IDLE),
@@ -506,6 +510,9 @@ class Pusher(threading.Thread):
 
 
 def test_race_pushes_and_deletes_against_continuous_gc(busy: Registry) -> None:
+    """Three clients, two repositories, layers shared by all: push (uploading or mounting
+    what is missing, again when GC swept it first), pull back whole, delete; meanwhile GC
+    collects with no grace. No existing manifest ever misses a blob."""
     reg = busy
     shared = [layer(f"race shared {i}", 8192) for i in range(4)]
     keeper = image("race keeper", *shared)
@@ -518,7 +525,7 @@ def test_race_pushes_and_deletes_against_continuous_gc(busy: Registry) -> None:
     ]
     for client in clients:
         client.start()
-    time.sleep(8)
+    time.sleep(6)
     stop.set()
     for client in clients:
         client.join(60)
@@ -540,6 +547,9 @@ def test_race_pushes_and_deletes_against_continuous_gc(busy: Registry) -> None:
 
 
 def test_gc_killed_mid_sweep_finishes_on_restart(busy: Registry) -> None:
+    """SIGKILL gc_svc while it deletes 150 orphans: the supervisor restarts it, the next
+    cycle finishes (tasks of the dead worker come back when their leases end), no
+    deletion stays half-done, and what live manifests need is all there."""
     reg = busy
     keep = image("crash keeper", layer("crash shared"), layer("crash keeper only"))
     push_against_gc(reg, "crash/live", keep, "v1")

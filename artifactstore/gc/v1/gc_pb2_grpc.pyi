@@ -14,7 +14,8 @@ Categories, as the GC table of the design names them:
   links, after the pending grace (ARTS_GC_PENDING_GRACE_SECS);
 - "deleted_repositories": repositories deleted by their owners, at once;
 - "abandoned_uploads": upload sessions without activity for ARTS_GC_UPLOAD_IDLE_SECS,
-  and upload directories in storage that metadata no longer knows;
+  upload directories in storage that metadata no longer knows, and (object storage)
+  multipart uploads as old that a killed blob_svc left unfinished;
 - "expired_uploads": upload sessions older than ARTS_GC_UPLOAD_TIMEOUT_SECS;
 - "untagged_manifests": manifests nothing live needs, after
   ARTS_GC_UNTAGGED_RETENTION_SECS (only when that is set).
