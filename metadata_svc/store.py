@@ -398,7 +398,11 @@ class MetadataStore:
         tr.clear(keys.gc_blob_mark(digest))
 
     async def link_blob(self, repo: str, digest: str, size: int, upload_id: str) -> None:
-        """Link a verified blob into `repo`; end the upload session `upload_id` if given."""
+        """Link a verified blob into `repo`; end the upload session `upload_id` if given.
+
+        BLOB_UNKNOWN while GC is deleting the blob's bytes; UNAVAILABLE while a deleted
+        repository of this name is still being purged (metadata_svc.gc).
+        """
         check_name(repo)
         digest = _check_digest(digest)
         if size < 0:

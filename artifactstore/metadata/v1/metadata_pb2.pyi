@@ -12,7 +12,12 @@ then does the caller link them here.
 Errors carry a gRPC status code and a google.rpc.ErrorInfo (domain "artifactstore")
 whose reason is an OCI Distribution error code: NAME_INVALID, NAME_UNKNOWN, TAG_INVALID,
 DIGEST_INVALID, MANIFEST_INVALID, MANIFEST_UNKNOWN, MANIFEST_BLOB_UNKNOWN,
-MANIFEST_TOO_LARGE, BLOB_UNKNOWN, BLOB_UPLOAD_UNKNOWN, UNSUPPORTED, PAGINATION_INVALID.
+MANIFEST_TOO_LARGE, BLOB_UNKNOWN, BLOB_UPLOAD_UNKNOWN, UNSUPPORTED, PAGINATION_INVALID,
+and UNAVAILABLE for new content in a repository whose deletion is still under way.
+
+Garbage collection (MetadataGcService, gc.proto) works on the same data: every call
+that links a blob or names it in a manifest clears the blob's pending GC marks in its
+transaction, and links are refused while GC deletes the blob's bytes.
 """
 
 from artifactstore.metadata.v1 import scans_pb2 as _scans_pb2

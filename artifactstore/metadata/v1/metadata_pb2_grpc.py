@@ -191,7 +191,9 @@ class MetadataServiceServicer:
 
     def LinkBlob(self, request, context):
         """Links a verified canonical blob to a repository (creating the repository if needed)
-        and, when `upload_id` is set, ends that upload session in the same transaction.
+        and, when `upload_id` is set, ends that upload session and its commit record
+        (MetadataGcService.BeginBlobCommit) in the same transaction. NOT_FOUND / BLOB_UNKNOWN
+        while GC is deleting the blob (upload it again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -12,7 +12,12 @@ then does the caller link them here.
 Errors carry a gRPC status code and a google.rpc.ErrorInfo (domain "artifactstore")
 whose reason is an OCI Distribution error code: NAME_INVALID, NAME_UNKNOWN, TAG_INVALID,
 DIGEST_INVALID, MANIFEST_INVALID, MANIFEST_UNKNOWN, MANIFEST_BLOB_UNKNOWN,
-MANIFEST_TOO_LARGE, BLOB_UNKNOWN, BLOB_UPLOAD_UNKNOWN, UNSUPPORTED, PAGINATION_INVALID.
+MANIFEST_TOO_LARGE, BLOB_UNKNOWN, BLOB_UPLOAD_UNKNOWN, UNSUPPORTED, PAGINATION_INVALID,
+and UNAVAILABLE for new content in a repository whose deletion is still under way.
+
+Garbage collection (MetadataGcService, gc.proto) works on the same data: every call
+that links a blob or names it in a manifest clears the blob's pending GC marks in its
+transaction, and links are refused while GC deletes the blob's bytes.
 """
 
 from artifactstore.metadata.v1 import metadata_pb2 as _metadata_pb2
@@ -69,7 +74,9 @@ class MetadataServiceStub:
     """
     LinkBlob: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.LinkBlobRequest, _metadata_pb2.BlobLink]
     """Links a verified canonical blob to a repository (creating the repository if needed)
-    and, when `upload_id` is set, ends that upload session in the same transaction.
+    and, when `upload_id` is set, ends that upload session and its commit record
+    (MetadataGcService.BeginBlobCommit) in the same transaction. NOT_FOUND / BLOB_UNKNOWN
+    while GC is deleting the blob (upload it again).
     """
     MountBlob: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.MountBlobRequest, _metadata_pb2.BlobLink]
     """Links a blob that `from_repository` already has into `repository`
@@ -140,7 +147,9 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     """
     LinkBlob: _aio.UnaryUnaryMultiCallable[_metadata_pb2.LinkBlobRequest, _metadata_pb2.BlobLink]  # type: ignore[assignment]
     """Links a verified canonical blob to a repository (creating the repository if needed)
-    and, when `upload_id` is set, ends that upload session in the same transaction.
+    and, when `upload_id` is set, ends that upload session and its commit record
+    (MetadataGcService.BeginBlobCommit) in the same transaction. NOT_FOUND / BLOB_UNKNOWN
+    while GC is deleting the blob (upload it again).
     """
     MountBlob: _aio.UnaryUnaryMultiCallable[_metadata_pb2.MountBlobRequest, _metadata_pb2.BlobLink]  # type: ignore[assignment]
     """Links a blob that `from_repository` already has into `repository`
@@ -250,7 +259,9 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metadata_pb2.BlobLink, _abc.Awaitable[_metadata_pb2.BlobLink]]:
         """Links a verified canonical blob to a repository (creating the repository if needed)
-        and, when `upload_id` is set, ends that upload session in the same transaction.
+        and, when `upload_id` is set, ends that upload session and its commit record
+        (MetadataGcService.BeginBlobCommit) in the same transaction. NOT_FOUND / BLOB_UNKNOWN
+        while GC is deleting the blob (upload it again).
         """
 
     @_abc_1.abstractmethod
