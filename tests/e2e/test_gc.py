@@ -547,16 +547,16 @@ def test_race_pushes_and_deletes_against_continuous_gc(busy: Registry) -> None:
 
 
 def test_gc_killed_mid_sweep_finishes_on_restart(busy: Registry) -> None:
-    """SIGKILL gc_svc while it deletes 150 orphans: the supervisor restarts it, the next
+    """SIGKILL gc_svc while it deletes 100 orphans: the supervisor restarts it, the next
     cycle finishes (tasks of the dead worker come back when their leases end), no
     deletion stays half-done, and what live manifests need is all there."""
     reg = busy
     keep = image("crash keeper", layer("crash shared"), layer("crash keeper only"))
     push_against_gc(reg, "crash/live", keep, "v1")
-    # 150 blobs that manifests name, then none does: much work for GC at once. (Small
+    # 100 blobs that manifests name, then none does: much work for GC at once. (Small
     # images, so that few uploads are swept before their manifest names them.)
-    orphans = [layer(f"crash orphan {i}", 512) for i in range(150)]
-    doomed = [image(f"crash doomed {n}", *orphans[n : n + 10]) for n in range(0, 150, 10)]
+    orphans = [layer(f"crash orphan {i}", 512) for i in range(100)]
+    doomed = [image(f"crash doomed {n}", *orphans[n : n + 10]) for n in range(0, 100, 10)]
     with ThreadPoolExecutor(8) as pool:
         for n, img in enumerate(doomed):
             push_against_gc(reg, "crash/live", img, f"doomed{n}", pool=pool)

@@ -412,7 +412,16 @@ def test_worker_killed_mid_scan_completes_the_task_once(scanning: Registry) -> N
         time.sleep(0.02)
     time.sleep(0.3)
     os.kill(first, signal.SIGKILL)
-    assert vulnerabilities(reg, "slow/app", "v1")["summary"]["status"] == "not_scanned"
+    # scan_svc answers the endpoint: wait for the supervisor to have it back (on a busy
+    # machine its restart can outlast the gateway's 10 s wait for a service).
+    deadline = time.monotonic() + 60
+    while (
+        r := reg.request("GET", "/api/v1/repositories/slow/app/manifests/v1/vulnerabilities")
+    ).status == 503:
+        assert time.monotonic() < deadline, "scan_svc did not come back"
+        time.sleep(0.2)
+    assert r.status == 200, r.body
+    assert r.json()["summary"]["status"] == "not_scanned"
     doc = wait_scanned(reg, "slow/app", "v1")
     summary = doc["summary"]
     # Leased again after the lease ran out (a second attempt, or later ones on a machine
