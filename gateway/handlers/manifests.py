@@ -3,10 +3,14 @@ end-9). Each is one call to metadata_svc, which parses, validates and stores the
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import hdrs, web
 
 from artifactstore import access, scanning
+from artifactstore.blob.v1 import blob_pb2 as bl
 from artifactstore.errors import Reason, RegistryError
+from artifactstore.manifests import parse
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
 from gateway import audit, params
@@ -66,6 +70,36 @@ async def get_manifest(request: web.Request) -> web.Response:
     return web.Response(body=manifest.content, headers=headers)
 
 
+async def _check_bytes_stored(request: web.Request, content: bytes, content_type: str) -> None:
+    """Ask blob_svc that the bytes of every blob the manifest needs are in storage, as
+    Distribution stats each referenced blob before accepting a manifest.
+
+    What keeps a manifest's blobs while GC runs is metadata_svc's transaction (it checks
+    the repository's links; see metadata_svc/gc.py); this catches bytes lost from storage
+    underneath, before a manifest that cannot be pulled is stored. A body that does not
+    parse is left for metadata_svc to refuse with the precise error.
+    """
+    try:
+        parsed = parse(content, content_type)
+    except RegistryError:
+        return
+    digests = sorted({str(b.digest) for b in parsed.required_blobs()})
+    blob = clients(request).blob
+    results = await asyncio.gather(
+        *(call(blob.StatBlob(bl.StatBlobRequest(digest=d))) for d in digests),
+        return_exceptions=True,
+    )
+    for digest, result in zip(digests, results, strict=True):
+        if isinstance(result, RegistryError) and result.reason == Reason.BLOB_UNKNOWN:
+            raise RegistryError(
+                Reason.MANIFEST_BLOB_UNKNOWN,
+                f"manifest references blob {digest}, which is not stored",
+                digest=digest,
+            )
+        if isinstance(result, BaseException):
+            raise result
+
+
 async def put_manifest(request: web.Request) -> web.Response:
     """Store the body as a manifest under a tag or digest: 201 with its Location and
     digest, and `OCI-Subject` when it has a subject (telling the client that this registry
@@ -73,12 +107,14 @@ async def put_manifest(request: web.Request) -> web.Response:
     name = params.repository(request)
     reference = params.reference(request)
     content = await read_manifest(request)
+    content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
+    await _check_bytes_stored(request, content, content_type)
     stored = await call(
         clients(request).metadata.PutManifest(
             md.PutManifestRequest(
                 repository=name,
                 reference=reference,
-                media_type=request.headers.get(hdrs.CONTENT_TYPE, ""),
+                media_type=content_type,
                 content=content,
             )
         )

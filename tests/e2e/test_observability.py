@@ -95,7 +95,7 @@ def test_a_skopeo_push_is_one_trace_at_an_otlp_receiver(
     def in_trace() -> list[tuple[str, Span]]:
         return [(svc, s) for svc, s in sink.spans if s.trace_id == put.trace_id]
 
-    wait_for(lambda: any(svc == "metadata_svc" for svc, _ in in_trace()))
+    wait_for(lambda: {"metadata_svc", "blob_svc"} <= {svc for svc, _ in in_trace()})
     spans = in_trace()
     by_id = {s.span_id: (svc, s) for svc, s in spans}
     assert not put.parent_span_id and put.kind == SERVER
