@@ -94,6 +94,12 @@ SCAN_SECONDS = Histogram(
     buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
     registry=metrics.REGISTRY,
 )
+FINDINGS = Counter(
+    "artifactstore_scan_findings",
+    "Findings of the scans this worker recorded, by severity (an index counts its platforms).",
+    ["severity"],
+    registry=metrics.REGISTRY,
+)
 QUEUED_FOR_RESCAN = Counter(
     "artifactstore_scan_rescans_queued",
     "Manifests this worker queued again because their last scan was too old.",
@@ -640,6 +646,8 @@ class Worker:
         else:
             status, message = sc.SCAN_STATUS_SUCCEEDED, ""
         total = {s: sum(o.counts.get(s, 0) for o in good) for s in SEVERITIES}
+        for severity, count in total.items():
+            FINDINGS.labels(severity).inc(count)
         result = summary(digest, status, total, message)
         if paths and status == sc.SCAN_STATUS_ERROR:
             # Some platforms of the index succeeded: their rows are in the report.
