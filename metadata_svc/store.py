@@ -450,7 +450,9 @@ class MetadataStore:
         return decode_int(raw)
 
     async def unlink_blob(self, repo: str, digest: str) -> None:
-        """Remove `repo`'s link to a blob; BLOB_UNKNOWN when there was none."""
+        """Remove `repo`'s link to a blob; BLOB_UNKNOWN when there was none, DENIED while a
+        manifest of `repo` needs it (GC would otherwise delete the bytes of a manifest
+        that still exists; delete the manifest first)."""
         check_name(repo)
         digest = _check_digest(digest)
         keys = self._keys
@@ -459,6 +461,15 @@ class MetadataStore:
             if tr.get(keys.blob_link(repo, digest)) is None:
                 raise RegistryError(
                     Reason.BLOB_UNKNOWN, f"blob {digest} is not known", digest=digest
+                )
+            users = keys.manifests_of_blob(repo, digest)
+            user = tr.get_range_startswith(users.key(), limit=1)
+            if user:
+                raise RegistryError(
+                    Reason.DENIED,
+                    f"blob {digest} is used by manifest {users.unpack(user[0][0])[0]} of "
+                    f"{repo}; delete the manifest first",
+                    digest=digest,
                 )
             tr.clear(keys.blob_link(repo, digest))
             tr.add(keys.blob_refcount(digest), -1)

@@ -948,6 +948,19 @@ async def test_concurrent_uploads_of_the_same_blob(api, registry, unique_repo):
     assert registry.files_holding(data) == [registry.blob_file(digest)]
 
 
+async def test_a_blob_a_manifest_uses_is_not_deleted(api, registry, unique_repo):
+    """DELETE of a blob a manifest of the repository needs: 403 DENIED and the blob stays
+    (GC would otherwise remove the bytes of a manifest that still exists)."""
+    repo = unique_repo()
+    image = build_image(31, layers=1, files_per_layer=1, file_size=1024)
+    registry.push_image(repo, image, "v1")
+    layer = image.blobs[-1].digest
+    api.error(await api.request("DELETE", f"/v2/{repo}/blobs/{layer}"), 403, "DENIED")
+    assert await api.blob_visible(repo, layer)
+    assert (await api.request("DELETE", f"/v2/{repo}/manifests/{image.digest}")).status == 202
+    assert (await api.request("DELETE", f"/v2/{repo}/blobs/{layer}")).status == 202
+
+
 async def test_delete_blob(api, unique_repo):
     """DELETE a blob: 202; then HEAD is 404, GET is 404 BLOB_UNKNOWN, DELETE again 404."""
     repo = unique_repo()
