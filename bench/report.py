@@ -25,7 +25,7 @@ TITLES = {BASELINE: "Distribution", CANDIDATE: "Artifact Store"}
 # Processes shown in the CPU table, per registry.
 CPU_COLUMNS = {
     BASELINE: ("registry", "client", "other"),
-    CANDIDATE: ("gateway", "metadata", "blob", "client", "other"),
+    CANDIDATE: ("gateway", "metadata", "blob", "scan", "client", "other"),
 }
 
 

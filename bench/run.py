@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -156,8 +157,10 @@ async def run_rounds(
     work: Path,
     sampler: MemorySampler,
     profiler: Profiler | None,
+    restarts: Counter[str],
 ) -> list[tuple[str, Result]]:
-    """Every selected scenario against both registries, round after round."""
+    """Every selected scenario against both registries, round after round; processes
+    found restarted after a scenario are counted in `restarts`."""
     chosen, memory = selected(options.scenarios)
     if not chosen and not memory:
         return []
@@ -187,8 +190,13 @@ async def run_rounds(
                     recording = profiler.recording(
                         target.server, scenario.label, f"{scenario.number}-r{round_}"
                     )
+                before = target.server.processes()
                 async with recording:
                     results = await scenario.run(ctx)
+                after = target.server.processes()
+                for name, pid in before.items():
+                    if after.get(name, pid) != pid:
+                        restarts[f"{target.key} {name}"] += 1
                 records += [(target.key, r) for r in results]
                 _progress(
                     f"[{round_ + 1}/{options.rounds}] {scenario.label} · {target.key}: "
@@ -224,7 +232,8 @@ async def main_async(options: argparse.Namespace) -> int:
                 )
                 profiler = Profiler(options.profile) if options.profile else None
                 started = time.perf_counter()
-                records = await run_rounds(options, servers, work, sampler, profiler)
+                restarts: Counter[str] = Counter()
+                records = await run_rounds(options, servers, work, sampler, profiler, restarts)
                 scaled = await scaling.run(servers, sampler) if options.scaling else []
                 run: dict[str, Any] = {
                     "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -235,6 +244,7 @@ async def main_async(options: argparse.Namespace) -> int:
                     "artifact_store": _commit(),
                     "seconds": round(time.perf_counter() - started),
                     "profiled": bool(profiler),
+                    "restarts": dict(restarts),
                 }
             finally:
                 for server in servers:
@@ -258,6 +268,9 @@ async def main_async(options: argparse.Namespace) -> int:
             f"WARNING: other work on this machine used {run['background_cores']} cores "
             "(median) while figures were measured; they are slowed and noisy."
         )
+    if restarts:
+        shown = ", ".join(f"{name} x{n}" for name, n in restarts.items())
+        print(f"WARNING: processes restarted while scenarios ran ({shown}); --keep keeps logs.")
     if rows:
         print("\n" + table(rows))
         print("\nCores busy while measured (median):\n\n" + cpu_table(rows))
