@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf import json_format
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -31,6 +31,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
+from opentelemetry.trace import Link
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,20 @@ def setup_logging(service_name: str, *, debug: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.INFO)
+
+
+def current_context() -> dict[str, str]:
+    """The current W3C trace context as a carrier, for work queued to run elsewhere."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier
+
+
+def links_to(carrier: dict[str, str]) -> list[Link]:
+    """A link to the span whose context `carrier` holds (none when it holds none), so
+    queued work's own trace leads back to whatever queued it."""
+    carried = trace.get_current_span(propagate.extract(carrier)).get_span_context()
+    return [Link(carried)] if carried.is_valid else []
 
 
 def setup(service_name: str, *, debug: bool = False) -> TracerProvider:

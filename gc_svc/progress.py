@@ -6,6 +6,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from prometheus_client import Counter
+
+from artifactstore import metrics
 from artifactstore.gc.v1 import gc_pb2 as pb
 
 ORPHANED_BLOBS = "orphaned_blobs"
@@ -96,6 +99,21 @@ class Cycle:
         )
 
 
+RECLAIMED = Counter(
+    "artifactstore_gc_reclaimed",
+    "Items this process's GC removed, by category (orphaned blobs, deleted repositories, "
+    "abandoned and expired uploads).",
+    ["category"],
+    registry=metrics.REGISTRY,
+)
+RECLAIMED_BYTES = Counter(
+    "artifactstore_gc_reclaimed_bytes",
+    "Bytes of storage this process's GC freed, by category.",
+    ["category"],
+    registry=metrics.REGISTRY,
+)
+
+
 @dataclass
 class Progress:
     """This process's cycles and its totals since it started."""
@@ -136,3 +154,5 @@ class Progress:
             cycle[category].add(marked, swept, reclaimed, size)
         if cycle is None or not cycle.dry_run:
             self.totals[category].add(swept=swept, reclaimed=reclaimed, size=size)
+            RECLAIMED.labels(category).inc(reclaimed)
+            RECLAIMED_BYTES.labels(category).inc(size)

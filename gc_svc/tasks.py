@@ -16,7 +16,11 @@ import time
 from collections.abc import Awaitable, Callable
 
 import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 
+from artifactstore import telemetry
 from artifactstore.blob.v1 import blob_pb2
 from artifactstore.errors import RegistryError
 from artifactstore.metadata.v1 import gc_pb2 as gc
@@ -26,6 +30,7 @@ from gc_svc.backends import Backends
 from gc_svc.progress import DELETED_REPOSITORIES, ORPHANED_BLOBS
 
 log = logging.getLogger(__name__)
+_tracer = trace.get_tracer(__name__)
 
 # Tasks leased at once by one worker.
 LEASE_BATCH = 16
@@ -130,11 +135,22 @@ async def run_batch(b: Backends, queue: str, handler: Handler) -> int:
         )
     )
     for task in leased.tasks:
-        try:
-            await handler(b, task)
-        except Exception as err:
-            # Whatever went wrong, the task is retried and in the end parked: never stuck.
-            await _retry(b, task, err)
+        # A trace of its own per task, linked to the trace of whatever queued it (a
+        # repository delete, a sweep).
+        with _tracer.start_as_current_span(
+            f"gc {queue}",
+            context=otel_context.Context(),
+            kind=SpanKind.CONSUMER,
+            links=telemetry.links_to(dict(task.trace_context)),
+            attributes={"messaging.destination.name": queue, "messaging.message.id": task.task_id},
+        ) as span:
+            try:
+                await handler(b, task)
+            except Exception as err:
+                # Whatever went wrong, the task is retried and in the end parked: never stuck.
+                span.record_exception(err)
+                span.set_status(StatusCode.ERROR, str(err)[:200])
+                await _retry(b, task, err)
     return len(leased.tasks)
 
 

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 
 from fdb.subspace_impl import Subspace
 
+from artifactstore import telemetry
 from artifactstore.digests import Digest
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.names import check_name
@@ -230,6 +231,7 @@ class GcStore:
             json.dumps({"digest": digest, "cause": cause}),
             dedup_key=digest,
             max_attempts=TASK_MAX_ATTEMPTS,
+            trace_context=telemetry.current_context(),
         )
 
     # -- mark -------------------------------------------------------------------------
@@ -529,6 +531,7 @@ class GcStore:
                 json.dumps({"repository": repo}),
                 dedup_key=repo,
                 max_attempts=TASK_MAX_ATTEMPTS,
+                trace_context=telemetry.current_context(),
             )
             tr.clear(keys.repository(repo))
             for space in repository_content(keys, repo):

@@ -47,11 +47,11 @@ import grpc
 import pyarrow as pa
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Link, SpanKind
+from opentelemetry.trace import SpanKind
 from prometheus_client import Counter, Histogram
 
 from artifactstore import mediatypes as mt
-from artifactstore import metrics, rpc
+from artifactstore import metrics, rpc, telemetry
 from artifactstore.config import Settings
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.manifests import Descriptor, ParsedManifest, parse
@@ -160,11 +160,6 @@ def _is_image(parsed: ParsedManifest) -> bool:
 
 def _counts_pb(counts: dict[str, int]) -> sc.SeverityCounts:
     return sc.SeverityCounts(**{s.lower(): counts.get(s, 0) for s in SEVERITIES})
-
-
-def _links(trace_context: dict[str, str]) -> list[Link]:
-    carried = trace.get_current_span(propagate.extract(trace_context)).get_span_context()
-    return [Link(carried)] if carried.is_valid else []
 
 
 class Worker:
@@ -382,7 +377,7 @@ class Worker:
             "scan",
             context=otel_context.Context(),
             kind=SpanKind.CONSUMER,
-            links=_links(dict(task.trace_context)),
+            links=telemetry.links_to(dict(task.trace_context)),
             attributes=attributes,
         ) as span:
             try:
