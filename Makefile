@@ -53,8 +53,14 @@ lint: $(VENV)/.installed ## ruff lint and format check
 typecheck: $(VENV)/.installed ## mypy over the whole project
 	$(BIN)/mypy .
 
-test: $(VENV)/.installed test-deps protos-check lint typecheck ## everything CI runs: deps, fresh protos, lint, types, the whole test suite (with a Ceph cluster for the S3 tests, stopped after)
-	scripts/ceph run $(BIN)/pytest $(PYTEST_ARGS)
+# Run a second time with every instance's blobs on Ceph: the real clients and GC's race.
+E2E_ON_CEPH := tests/e2e/test_skopeo.py tests/e2e/test_podman.py tests/e2e/test_oras.py \
+	tests/e2e/test_gc.py::test_race_pushes_and_deletes_against_continuous_gc
+
+test: $(VENV)/.installed test-deps protos-check lint typecheck ## everything CI runs: deps, fresh protos, lint, types, the whole test suite inside a throw-away Ceph cluster (S3 tests), then the real-client e2e tests and GC's race again with blobs on Ceph
+	scripts/ceph run sh -c '$(BIN)/pytest $(PYTEST_ARGS); all=$$?; \
+		ARTS_TEST_E2E_STORAGE=s3 $(BIN)/pytest $(PYTEST_ARGS) $(E2E_ON_CEPH); ceph=$$?; \
+		[ $$all -eq 0 ] && [ $$ceph -eq 0 ]'
 
 test-big-blob: $(VENV)/.installed test-deps ## a 6 GiB blob pushed and pulled through the mesh onto a fresh Ceph cluster (minutes): timings, peak memory
 	ARTS_TEST_BIG_BLOB_GIB=6 scripts/ceph run $(BIN)/pytest -s tests/s3/test_big_blob.py

@@ -353,6 +353,19 @@ class ObjectStore:
         if not planned:
             self.put(target, b"")
             return
+        # One request instead of a multipart upload's four, for the many small blobs.
+        if len(parts) == 1 and parts[0].size <= COPY_PART_BYTES:
+            self._retrier.call(
+                lambda: self._client.copy_object(
+                    Bucket=self.bucket,
+                    Key=self.key(target),
+                    CopySource={"Bucket": self.bucket, "Key": self.key(parts[0].path)},
+                )
+            )
+            return
+        if len(planned) == 1 and isinstance(planned[0], Upload):
+            self.put(target, b"".join(self._retrier.call(self._read, r) for r in planned[0].ranges))
+            return
         if len(planned) > MAX_PARTS:
             raise RegistryError(
                 Reason.SIZE_INVALID, f"an upload of {len(planned)} parts exceeds S3's {MAX_PARTS}"

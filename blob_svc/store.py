@@ -157,12 +157,9 @@ class BlobStore:
             return int(info.size)
         self._fs.create_dir(paths.upload_dir(self._root, upload_id), recursive=True)
         _write_started_at(self._fs, paths.upload_started_at(self._root, upload_id))
-        # The data file is what makes the session exist, so it is created last.
-        if self._local:
-            # Append mode creates the file without truncating one a racing start made.
-            self._fs.open_append_stream(data, compression=None).close()
-        else:
-            self._fs.open_output_stream(data, compression=None).close()
+        # The data file is what makes the session exist, so it is created last. Append
+        # mode creates it without truncating one a racing start made.
+        self._fs.open_append_stream(data, compression=None).close()
         return 0
 
     async def write_upload(
@@ -410,11 +407,23 @@ class BlobStore:
     def _session_parts(self, upload_id: str) -> list[SessionPart]:
         """The part objects of a session on object storage; BLOB_UPLOAD_UNKNOWN if it has
         no `startedat` (never started, or ended)."""
+        return self._session_listing(upload_id)[0]
+
+    def _session_listing(self, upload_id: str) -> tuple[list[SessionPart], list[str]]:
+        """`_session_parts`, and the paths of every object of the session."""
         infos = self._session_objects(upload_id)
         started_at = paths.upload_started_at(self._root, upload_id)
         if not any(info.path == started_at for info in infos):
             raise _upload_unknown(upload_id)
-        return session_parts(infos, upload_id)
+        return session_parts(infos, upload_id), [info.path for info in infos]
+
+    def _delete_session_objects(self, upload_id: str, found: list[str]) -> None:
+        """Delete the objects `found` of a session on object storage. `startedat` goes
+        first: from then on the session does not exist, even if the deletion of its parts
+        is interrupted (GC removes such leftovers)."""
+        assert self._objects is not None
+        started_at = paths.upload_started_at(self._root, upload_id)
+        self._objects.delete_many(sorted(found, key=lambda path: path != started_at))
 
     def _published_before(self, upload_id: str) -> bool:
         """Whether a commit of the session linked its data to a canonical blob and then
@@ -505,21 +514,18 @@ class BlobStore:
         session."""
         if self._local:
             self._publish_local(upload_id, digest)
-        elif self._objects is not None:
-            target = paths.blob_data(self._root, digest)
-            if self._retried(self._fs.get_file_info, target).type == pafs.FileType.NotFound:
-                parts = self._retried(self._session_parts, upload_id)
-                if sum(part.size for part in parts) != size:
-                    raise RegistryError(
-                        Reason.BLOB_UPLOAD_INVALID, f"upload {upload_id} changed while committed"
-                    )
-                self._objects.assemble(parts, target)
-        else:
-            target = paths.blob_data(self._root, digest)
-            if self._fs.get_file_info(target).type == pafs.FileType.NotFound:
-                self._fs.create_dir(paths.blob_dir(self._root, digest), recursive=True)
-                self._fs.move(paths.upload_data(self._root, upload_id), target)
-        self._retried(self._remove_session, upload_id)
+            self._retried(self._remove_session, upload_id)
+            return
+        assert self._objects is not None
+        target = paths.blob_data(self._root, digest)
+        parts, found = self._retried(self._session_listing, upload_id)
+        if self._retried(self._fs.get_file_info, target).type == pafs.FileType.NotFound:
+            if sum(part.size for part in parts) != size:
+                raise RegistryError(
+                    Reason.BLOB_UPLOAD_INVALID, f"upload {upload_id} changed while committed"
+                )
+            self._objects.assemble(parts, target)
+        self._delete_session_objects(upload_id, found)
 
     def _publish_local(self, upload_id: str, digest: Digest) -> None:
         source = paths.upload_data(self._root, upload_id)
@@ -561,10 +567,7 @@ class BlobStore:
     def _remove_session(self, upload_id: str) -> bool:
         if self._objects is not None:
             found = [info.path for info in self._session_objects(upload_id)]
-            started_at = paths.upload_started_at(self._root, upload_id)
-            # `startedat` goes first: from then on the session does not exist, even if
-            # the deletion of its parts is interrupted (GC removes such leftovers).
-            self._objects.delete_many(sorted(found, key=lambda path: path != started_at))
+            self._delete_session_objects(upload_id, found)
             return bool(found)
         try:
             self._fs.delete_dir(paths.upload_dir(self._root, upload_id))

@@ -12,6 +12,13 @@ an anonymous request, `auth=(user, password)` for someone else). `Registry.cli` 
 `start_registry` starts further, separate instances (the crash test kills services of
 its own instance, not the shared one).
 
+With ARTS_TEST_E2E_STORAGE=s3, every instance keeps its blobs on a fresh prefix of the
+Ceph bucket that `make test` starts (tests/objectstore.py) instead of its data directory:
+`make test` runs the real-client tests and GC's race test so, a second time.
+`Registry.storage_url`, `stored_blobs` and `corrupt_canonical_blobs` work on either
+storage; the helpers that hand out local paths (`storage_dir`, `blob_file`,
+`files_holding`) on local storage only.
+
 skopeo and podman run with every machine-wide configuration replaced by files in a
 temporary directory (auth file, registries.conf, signature policy, podman storage), so
 nothing on this machine leaks into the tests. A missing binary fails the test: these
@@ -43,9 +50,12 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urljoin, urlsplit
 
+import pyarrow.fs as pafs
 import pytest
 
+from artifactstore.storage import open_storage
 from tests.e2e.images import Blob, Image, ImageIndex
+from tests.objectstore import fresh_s3_url
 
 SERVICES = ("gateway", "metadata", "blob", "scan", "gc")
 READY_TIMEOUT = 30.0
@@ -77,6 +87,14 @@ LEGACY_ERROR_CODES = frozenset({"TAG_INVALID", "MANIFEST_UNVERIFIED"})
 
 # The initial administrator every instance creates on its first start.
 ADMIN_USER = "admin"
+
+# Where instances keep blobs: "file" (their data directory) or "s3" (the test bucket).
+E2E_STORAGE = os.environ.get("ARTS_TEST_E2E_STORAGE", "file")
+
+
+def _object_storage_url() -> str | None:
+    """A fresh prefix of the test bucket when the suite runs on object storage."""
+    return fresh_s3_url("e2e") if E2E_STORAGE == "s3" else None
 
 
 class AuthDefault(enum.Enum):
@@ -189,6 +207,8 @@ class Registry:
     env: dict[str, str] = field(default_factory=dict)
     # The initial administrator's password, set through ARTS_ADMIN_PASSWORD.
     admin_password: str = field(default_factory=lambda: secrets.token_urlsafe(18), repr=False)
+    # Blob storage on the test bucket (ARTS_TEST_E2E_STORAGE=s3); None: the data directory.
+    object_storage_url: str | None = field(default_factory=_object_storage_url)
 
     @property
     def admin(self) -> tuple[str, str]:
@@ -247,20 +267,40 @@ class Registry:
                 found.append(path)
         return found
 
+    @property
+    def storage_url(self) -> str:
+        """The instance's ARTS_STORAGE_URL."""
+        return (
+            self.env.get("ARTS_STORAGE_URL") or self.object_storage_url or self.storage_dir.as_uri()
+        )
+
+    def _canonical_blobs(self) -> tuple[pafs.FileSystem, dict[str, str]]:
+        """The storage's filesystem and every canonical blob in it: digest → path."""
+        storage = open_storage(self.storage_url)
+        selector = pafs.FileSelector(storage.path("blobs"), recursive=True, allow_not_found=True)
+        found = {}
+        for info in storage.filesystem.get_file_info(selector):
+            parts = info.path[len(storage.root) :].strip("/").split("/")
+            if info.type == pafs.FileType.File and len(parts) == 5 and parts[4] == "data":
+                found[f"{parts[1]}:{parts[3]}"] = info.path
+        return storage.filesystem, found
+
+    def stored_blobs(self) -> set[str]:
+        """The digests of every canonical blob in blob storage (local or object)."""
+        return set(self._canonical_blobs()[1])
+
     def corrupt_canonical_blobs(self) -> list[str]:
-        """Canonical blob files whose bytes do not hash to the digest their path names."""
+        """Canonical blobs whose bytes do not hash to the digest their path names."""
         bad: list[str] = []
-        root = self.storage_dir / "blobs"
-        if not root.exists():
-            return bad
-        for data in root.glob("*/*/*/data"):
-            algorithm = data.parent.parent.parent.name
+        filesystem, blobs = self._canonical_blobs()
+        for digest, path in blobs.items():
+            algorithm, _, expected = digest.partition(":")
             h = hashlib.new(algorithm)
-            with open(data, "rb") as f:
+            with filesystem.open_input_stream(path) as f:
                 while chunk := f.read(1 << 20):
                     h.update(chunk)
-            if h.hexdigest() != data.parent.name:
-                bad.append(f"{data}: content hashes to {algorithm}:{h.hexdigest()}")
+            if h.hexdigest() != expected:
+                bad.append(f"{path}: content hashes to {algorithm}:{h.hexdigest()}")
         return bad
 
     def pid_file(self, service: str) -> Path:
@@ -291,6 +331,7 @@ class Registry:
             "ARTS_ADMIN_USER": ADMIN_USER,
             "ARTS_ADMIN_PASSWORD": self.admin_password,
             "PYTHONUNBUFFERED": "1",
+            **({"ARTS_STORAGE_URL": self.object_storage_url} if self.object_storage_url else {}),
             **self.env,
         }
 

@@ -179,9 +179,8 @@ def pull_whole(reg: Registry, repo: str, reference: str) -> set[str] | None:
 
 
 def stored_blobs(reg: Registry) -> set[str]:
-    """The digests of every canonical blob in blob storage."""
-    root = reg.storage_dir / "blobs"
-    return {f"{p.parent.parent.parent.name}:{p.parent.name}" for p in root.glob("*/*/*/data")}
+    """The digests of every canonical blob in blob storage (local or object storage)."""
+    return reg.stored_blobs()
 
 
 def upload_dirs(reg: Registry) -> list[str]:
@@ -516,7 +515,10 @@ def test_race_pushes_and_deletes_against_continuous_gc(busy: Registry) -> None:
     reg = busy
     shared = [layer(f"race shared {i}", 8192) for i in range(4)]
     keeper = image("race keeper", *shared)
-    push_against_gc(reg, "race/one", keeper, "keep")
+    # Its blobs in parallel: uploaded one by one on object storage, the first one's link
+    # is swept (no grace) before the last one is there, every time.
+    with ThreadPoolExecutor(len(keeper.blobs)) as pool:
+        push_against_gc(reg, "race/one", keeper, "keep", pool=pool)
     stop = threading.Event()
     violations = Violations()
     clients = [
@@ -525,7 +527,11 @@ def test_race_pushes_and_deletes_against_continuous_gc(busy: Registry) -> None:
     ]
     for client in clients:
         client.start()
+    # At least 6 s, and until every client made 3 rounds (slower storage takes longer).
+    deadline = time.monotonic() + 60
     time.sleep(6)
+    while time.monotonic() < deadline and not all(len(c.pushed) >= 3 for c in clients):
+        time.sleep(0.2)
     stop.set()
     for client in clients:
         client.join(60)

@@ -184,11 +184,12 @@ def test_store_failures_are_503_and_no_blob_is_partial(
         # A HEAD answers from the repository's link alone.
         assert reg.request("HEAD", f"/v2/{REPO}/blobs/{digest}").status == 200
 
-        # A monolithic push while every commit fails: 503, and the blob never appears.
+        # A monolithic push while every server-side copy of a commit fails: 503, and the
+        # blob never appears.
         other = random.Random(4).randbytes(7 * MiB)
         proxy.heal()
         location = start_session(reg)
-        proxy.fail(Fault.ERROR, match=rb"uploadId=")
+        proxy.fail(Fault.ERROR, match=rb"(?i)x-amz-copy-source:")
         r = reg.request("PUT", f"{location}?digest={digest_of(other)}", body=other, timeout=120)
         check_unavailable(r)
         proxy.heal()
