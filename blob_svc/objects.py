@@ -125,10 +125,11 @@ class Retrier:
 
 
 def unavailable(err: BaseException, attempts: int) -> RegistryError:
-    """The UNAVAILABLE error a failure of the object store becomes."""
+    """The UNAVAILABLE error a failure of the object store becomes. The failure itself is
+    logged here, not sent: its text names internal endpoints, buckets and keys."""
+    log.error("object storage call failed for good after %d attempt(s): %s", attempts, err)
     return RegistryError(
-        Reason.UNAVAILABLE,
-        f"object storage unavailable after {attempts} attempt(s): {str(err)[:300]}",
+        Reason.UNAVAILABLE, f"blob storage is unavailable (after {attempts} attempts), retry later"
     )
 
 

@@ -101,6 +101,10 @@ def check_unavailable(r: Response) -> None:
     errors = json.loads(r.body)["errors"]
     assert [e["code"] for e in errors] == ["UNAVAILABLE"]
     assert all(isinstance(e["message"], str) for e in errors)
+    # Nothing about the store (endpoint, bucket, keys) reaches the client.
+    assert endpoint_of(s3_base_url()).encode() not in r.body
+    assert urlsplit(s3_base_url()).netloc.encode() not in r.body
+    assert b"uploads/" not in r.body and b"blobs/" not in r.body
 
 
 def test_push_rides_out_a_radosgw_restart(start_registry: Callable[..., Registry]) -> None:
