@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import botocore.session
 import pyarrow.fs as pafs
 
 from artifactstore.config import Settings
@@ -122,8 +123,6 @@ def parse_s3_url(url: str, options: StorageOptions) -> S3Location:
 
 def _profile_region() -> str | None:
     """The region of the AWS config file's current profile, if it names one."""
-    import botocore.session
-
     region = botocore.session.get_session().get_config_variable("region")
     return str(region) if region else None
 
