@@ -160,13 +160,14 @@ async def load(
     return Load(len(latencies), elapsed, latencies)
 
 
-async def settle(servers: list[Server]) -> float:
+async def settle(servers: list[Server], at_most: float = SETTLE_SECONDS) -> float:
     """Flush written data to disk, then wait until the servers are quiet (background
-    work of one run must not land in the next measurement); the seconds it took."""
+    work of one run must not land in the next measurement), for `at_most` seconds; the
+    seconds it took."""
     started = time.perf_counter()
     await asyncio.to_thread(os.sync)
     pids = [pid for server in servers for pid in server.processes().values()]
-    deadline = started + SETTLE_SECONDS
+    deadline = started + at_most
     while time.perf_counter() < deadline:
         before = sum(cpu_seconds(pid) for pid in pids)
         await asyncio.sleep(SETTLE_WINDOW_SECONDS)

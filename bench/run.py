@@ -260,7 +260,9 @@ async def main_async(options: argparse.Namespace) -> int:
     print(
         f"\nArtifact Store ({run['artifact_store']}) vs Distribution {run['distribution']}, "
         f"{run['date']}, {m['cpu']} x {m['cores']} cores, {m['memory_gib']} GiB, "
-        f"{run['storage']} storage, {options.rounds} rounds, {run['seconds']} s"
+        f"{run['storage']} storage, "
+        + (f"{options.rounds} rounds, " if rows else "")
+        + f"{run['seconds']} s"
         + (" — PROFILED, figures slowed by py-spy" if profiler else "")
     )
     if run["background_cores"] > BUSY_CORES:
