@@ -43,8 +43,6 @@ OCTET_STREAM = {"Content-Type": "application/octet-stream"}
 DIGEST_HEADER = "Docker-Content-Digest"
 # Fetch a new token this long before the current one expires.
 TOKEN_MARGIN_SECONDS = 30.0
-# Large reads: let the socket deliver up to this much per read.
-READ_BUFFER_BYTES = 4 * 1024 * 1024
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _NEXT_LINK = re.compile(r'<([^>]+)>\s*;\s*rel="?next"?')
 
@@ -155,7 +153,6 @@ class Http:
         self.session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            read_bufsize=READ_BUFFER_BYTES,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
         )
 
