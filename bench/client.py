@@ -81,7 +81,6 @@ class TokenAuth(Auth):
         self._service = ""
         self._tokens: dict[str, tuple[float, Mapping[str, str]]] = {}
         self._pending: dict[str, asyncio.Future[Mapping[str, str]]] = {}
-        self.fetched = 0
 
     async def headers(self, http: Http, repository: str) -> Mapping[str, str]:
         """`Authorization: Bearer …` for `repository` (a cached token while it is valid)."""
@@ -116,9 +115,9 @@ class TokenAuth(Auth):
         url = URL(self._realm).with_query(query)
         async with http.session.get(url, headers={"Authorization": self._basic}) as resp:
             body = await resp.read()
-            if resp.status != 200:
-                raise BenchError(f"token request answered {resp.status}: {body[:300]!r}")
-            doc = await resp.json()
+        if resp.status != 200:
+            raise BenchError(f"token request answered {resp.status}: {body[:300]!r}")
+        doc = json.loads(body)
         token = doc.get("token") or doc.get("access_token")
         if not token:
             raise BenchError(f"token answer without a token: {body[:300]!r}")
@@ -127,7 +126,6 @@ class TokenAuth(Auth):
         headers = {"Authorization": f"Bearer {token}"}
         for name in names:
             self._tokens[name] = (deadline, headers)
-        self.fetched += 1
 
     async def _discover(self, http: Http) -> None:
         """Read the realm and service from the challenge of an anonymous `GET /v2/`."""
@@ -153,7 +151,8 @@ class Http:
         self.session = aiohttp.ClientSession(
             connector=connector,
             auto_decompress=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
+            # A multi-GiB upload is answered only once all of it is stored.
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=600),
         )
 
     async def __aenter__(self) -> Http:
