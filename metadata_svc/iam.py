@@ -185,7 +185,7 @@ class IamStore:
     async def policy_version(self) -> int:
         """The current policy version."""
         key = self._keys.policy_version()
-        return decode_int(await self._db.run(lambda tr: tr.get(key)))
+        return decode_int(await self._db.read(lambda tr: tr.get(key)))
 
     async def wait_for_change(self, known: int, poll_seconds: float = 1.0) -> int:
         """Return the policy version once it differs from `known`. Changes made here wake
@@ -279,11 +279,11 @@ class IamStore:
                 allowed.discard(access.PUSH)
             return [a for a in actions if a in allowed], version
 
-        return await self._db.run(fn)
+        return await self._db.read(fn)
 
     async def check_principal(self, principal: str, key_id: str) -> bool:
         """Whether the principal (and its key, when given) exists and is enabled."""
-        return await self._db.run(lambda tr: self._principal_active(tr, principal, key_id))
+        return await self._db.read(lambda tr: self._principal_active(tr, principal, key_id))
 
     def ensure_project(self, tr: Transaction, project: str) -> None:
         """Inside a registry transaction: create `project` in the default organization if

@@ -154,7 +154,7 @@ class MetadataStore:
             names = [space.unpack(k)[0] for k, _ in rows]
             return names[:page], len(names) > page
 
-        return await self._db.run(fn)
+        return await self._db.read(fn)
 
     # -- manifests --------------------------------------------------------------------
 
@@ -292,7 +292,7 @@ class MetadataStore:
             parts = tr.get_range_startswith(keys.manifest_parts(repo, digest).key())
             return Manifest(record, b"".join(v for _, v in parts), scan)
 
-        return await self._db.run(fn)
+        return await self._db.read(fn)
 
     async def delete_manifest(self, repo: str, reference: str) -> tuple[str, list[str]]:
         """By digest: remove the manifest, its tags and references. By tag: only the tag.
@@ -359,7 +359,7 @@ class MetadataStore:
             tags = [space.unpack(k)[0] for k, _ in rows]
             return tags[:page], len(tags) > page
 
-        return await self._db.run(fn)
+        return await self._db.read(fn)
 
     async def list_referrers(
         self, repo: str, subject: str, artifact_type: str
@@ -374,7 +374,7 @@ class MetadataStore:
             found = [ReferrerRecord(**json.loads(v)) for _, v in rows]
             return [r for r in found if not artifact_type or r.artifact_type == artifact_type]
 
-        return await self._db.run(fn)
+        return await self._db.read(fn)
 
     # -- blob links -------------------------------------------------------------------
 
@@ -444,7 +444,7 @@ class MetadataStore:
         def fn(tr: Transaction) -> bytes | None:
             return tr.get(key)
 
-        raw = await self._db.run(fn)
+        raw = await self._db.read(fn)
         if raw is None:
             raise RegistryError(Reason.BLOB_UNKNOWN, f"blob {digest} is not known", digest=digest)
         return decode_int(raw)

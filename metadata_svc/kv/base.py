@@ -360,6 +360,10 @@ class Database(abc.ABC):
     retry_seconds: float = MAX_TRANSACTION_SECONDS
     # The `db.system.name` of the backend, for traces.
     system: str = "kv"
+    # Whether `read()` may run on the event loop: true for a backend whose reads never
+    # wait on others (no network, no locks held across calls), where the thread hop
+    # costs more than the read itself.
+    reads_inline: bool = False
 
     def __init__(self, *, threads: int = 16) -> None:
         # Runs `run()`'s blocking transactions off the asyncio event loop.
@@ -428,6 +432,20 @@ class Database(abc.ABC):
         # Carry context variables (e.g. the current trace span) into the thread.
         call = functools.partial(contextvars.copy_context().run, self.transact, fn)
         return await loop.run_in_executor(self._executor, call)
+
+    async def read(self, fn: Callable[[Transaction], T]) -> T:
+        """`run(fn)` for an `fn` that only reads; on the event loop itself where the
+        backend's `reads_inline` allows. An `fn` that writes fails before its commit."""
+
+        def only_reads(tr: Transaction) -> T:
+            result = fn(tr)
+            if tr.stats.keys_written:
+                raise RuntimeError("a transaction run by read() wrote")
+            return result
+
+        if self.reads_inline:
+            return self.transact(only_reads)
+        return await self.run(only_reads)
 
     def close(self) -> None:
         """Release the database's resources; it must not be used afterwards."""

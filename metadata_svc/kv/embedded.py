@@ -375,6 +375,8 @@ class EmbeddedDatabase(Database):
     """
 
     system = "sqlite"
+    # A read is a few page lookups in WAL mode, which never waits for the writer.
+    reads_inline = True
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()

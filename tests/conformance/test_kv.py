@@ -748,6 +748,23 @@ async def test_run_executes_on_the_pool(db: Database, space: Any) -> None:
     await db.run(lambda tr: tr.clear(k))
 
 
+async def test_read_sees_commits_and_refuses_writes(db: Database, space: Any) -> None:
+    k, other = space.pack(("k",)), space.pack(("other",))
+    await db.run(lambda tr: tr.set(k, b"v"))
+    value, thread = await db.read(lambda tr: (tr.get(k), threading.current_thread().name))
+    assert value == b"v"
+    # On the event loop's thread exactly where the backend says reads may run there.
+    assert (thread == threading.current_thread().name) is db.reads_inline
+
+    def writes(tr: Transaction) -> None:
+        tr.set(other, b"x")
+
+    with pytest.raises(RuntimeError, match="wrote"):
+        await db.read(writes)
+    assert await db.run(lambda tr: tr.get(other)) is None
+    await db.run(lambda tr: tr.clear(k))
+
+
 # -- durability ----------------------------------------------------------------
 
 
