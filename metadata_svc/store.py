@@ -511,7 +511,7 @@ class MetadataStore:
                 tr.set(key, _dump(record))
             return record
 
-        return await self._db.run(fn)
+        return await (self._db.run(fn) if touch else self._db.read(fn))
 
     async def delete_upload(self, repo: str, upload_id: str) -> None:
         """Forget `repo`'s upload session `upload_id` (nothing happens if it is unknown)."""

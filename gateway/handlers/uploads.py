@@ -89,13 +89,13 @@ def _chunk_offset(request: web.Request) -> int | None:
     return first
 
 
-async def _session(request: web.Request, name: str) -> str:
+async def _session(request: web.Request, name: str, *, touch: bool = True) -> str:
     """The path's upload id, once metadata_svc confirms the session belongs to `name`
-    (BLOB_UPLOAD_UNKNOWN otherwise) and has recorded this activity."""
+    (BLOB_UPLOAD_UNKNOWN otherwise) and, with `touch`, has recorded this activity."""
     upload_id = request.match_info["upload_id"]
     await call(
         clients(request).metadata.GetUpload(
-            md.GetUploadRequest(repository=name, upload_id=upload_id, touch=True)
+            md.GetUploadRequest(repository=name, upload_id=upload_id, touch=touch)
         )
     )
     return upload_id
@@ -243,7 +243,9 @@ async def finish_upload(request: web.Request) -> web.Response:
         raise RegistryError(Reason.DIGEST_INVALID, "the digest query parameter is required")
     digest = params.digest(text)
     offset = _chunk_offset(request)
-    upload_id = await _session(request, name)
+    # No activity to record: the session ends here, or stays after a failed commit only
+    # for the client's immediate retry.
+    upload_id = await _session(request, name, touch=False)
     return await _complete(request, name, upload_id, digest, offset)
 
 
