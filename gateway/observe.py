@@ -4,8 +4,9 @@ line, all in one middleware so the three always agree.
 The span is named by the route template (`PUT /v2/{name}/manifests/{reference}`), never by
 the concrete path, so that spans of one endpoint group together; it continues the caller's
 W3C trace context (a malformed `traceparent` starts a new trace). Calls to the services
-behind the gateway become its children through the traced channel (artifactstore.rpc). Metrics and
-the log line use the same route template; the log line carries the trace and span ids.
+behind the gateway become its children through the traced channel (artifactstore.rpc).
+Metrics and the log line use the same route template; the log line carries the trace and
+span ids.
 """
 
 from __future__ import annotations
