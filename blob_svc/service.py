@@ -135,6 +135,12 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             raise RegistryError(Reason.UNSUPPORTED, "this storage cannot presign URLs")
         return blob_pb2.PresignBlobResponse(url=url)
 
+    async def LocateBlob(
+        self, request: blob_pb2.LocateBlobRequest, context: Context
+    ) -> blob_pb2.BlobLocation:
+        path, size = await self._store.locate(Digest.parse(request.digest))
+        return blob_pb2.BlobLocation(path=path, size=size)
+
     async def AbortStaleMultipartUploads(
         self, request: blob_pb2.AbortStaleMultipartUploadsRequest, context: Context
     ) -> blob_pb2.AbortStaleMultipartUploadsResponse:

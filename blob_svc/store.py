@@ -88,6 +88,8 @@ class BlobStore:
         self._fs = filesystem
         self._root = root.rstrip("/")
         self._local = isinstance(filesystem, pafs.LocalFileSystem)
+        # What LocateBlob answers must not depend on the reader's working directory.
+        self._local_root = os.path.abspath(self._root) if self._local else ""
         self._objects = objects
         self._hashes = HashStates()
         self._locks = SessionLocks()
@@ -377,6 +379,15 @@ class BlobStore:
         if self._objects is None:
             return None
         return self._objects.presign_get(paths.blob_data(self._root, digest), expires_seconds)
+
+    async def locate(self, digest: Digest) -> tuple[str, int]:
+        """The absolute path of the local file holding blob `digest`, and its size, for a
+        reader on this host to send without copying; BLOB_UNKNOWN if there is none,
+        UNSUPPORTED when the storage is not a local filesystem."""
+        if not self._local:
+            raise RegistryError(Reason.UNSUPPORTED, "blobs are not stored on a local filesystem")
+        size = await self.stat(digest)
+        return paths.blob_data(self._local_root, digest), size
 
     async def abort_stale_multipart_uploads(self, older_than: timedelta) -> int:
         """Abort the multipart uploads of the storage begun more than `older_than` ago

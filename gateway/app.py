@@ -11,7 +11,8 @@ from artifactstore.config import Settings
 from gateway.auth import GATEKEEPER, Gatekeeper, auth_middleware, policy_watch
 from gateway.clients import connect
 from gateway.errors import error_middleware
-from gateway.keys import CLIENTS, SETTINGS
+from gateway.keys import BLOB_FILES, CLIENTS, SETTINGS
+from gateway.localfiles import BlobFiles
 from gateway.observe import observe_middleware
 from gateway.responses import API_VERSION
 from gateway.routes import setup_routes
@@ -47,6 +48,7 @@ def create_app(settings: Settings) -> web.Application:
     # Outermost first: the span covers everything; errors from access checks get bodies.
     app.middlewares.extend([observe_middleware, error_middleware, auth_middleware(requirements)])
     app[SETTINGS] = settings
+    app[BLOB_FILES] = BlobFiles()
     app.cleanup_ctx.append(_backends)
     app.on_response_prepare.append(_api_version)
     return app

@@ -10,14 +10,21 @@ from aiohttp import web
 
 from artifactstore.config import Settings
 from gateway.clients import Clients
+from gateway.localfiles import BlobFiles
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", Clients)
+BLOB_FILES = web.AppKey("blob_files", BlobFiles)
 
 
 def clients(request: web.Request) -> Clients:
     """The backend clients of the application serving `request`."""
     return request.app[CLIENTS]
+
+
+def blob_files(request: web.Request) -> BlobFiles:
+    """Where the application serving `request` finds blob_svc's files."""
+    return request.app[BLOB_FILES]
 
 
 def settings(request: web.Request) -> Settings:

@@ -1,7 +1,8 @@
 """Blobs: `GET`/`HEAD`/`DELETE /v2/<name>/blobs/<digest>` (end-2, end-10).
 
-A blob is served only if the repository links it (metadata_svc), then streamed from
-blob_svc as it arrives, never held whole; or, with ARTS_STORAGE_REDIRECT on object
+A blob is served only if the repository links it (metadata_svc), then sent from blob_svc's
+file by the kernel when blob_svc keeps it on this host's disk (gateway.localfiles), else
+streamed from blob_svc as it arrives, never held whole; or, with ARTS_STORAGE_REDIRECT on object
 storage, answered with a `307` to a short-lived presigned URL of the object store, so
 the bytes go from there to the client directly (Distribution's `redirect` option). Access
 is checked before either: the auth middleware runs before this handler.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import re
 
 import grpc
@@ -20,10 +22,10 @@ from artifactstore.blob.v1 import blob_pb2 as bl
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
-from gateway import audit, params
+from gateway import audit, localfiles, params
 from gateway.clients import Clients
 from gateway.errors import EdgeError
-from gateway.keys import clients, settings
+from gateway.keys import blob_files, clients, settings
 from gateway.responses import CONTENT_DIGEST
 
 log = logging.getLogger(__name__)
@@ -100,7 +102,31 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{size}"
     if length == 0:
         return web.Response(status=status, headers=headers)
+    fd = await blob_files(request).open(backends, digest, size)
+    if fd is not None:
+        try:
+            response = web.StreamResponse(status=status, headers=headers)
+            response.content_length = length
+            sent = await localfiles.send(request, response, fd, first, length)
+        finally:
+            os.close(fd)
+        if sent != length:
+            _cut_off(request, name, digest, sent, length, "the client stopped taking bytes")
+        return response
+    return await _stream(request, name, digest, status, headers, first, length)
 
+
+async def _stream(
+    request: web.Request,
+    name: str,
+    digest: str,
+    status: int,
+    headers: dict[str, str],
+    first: int,
+    length: int,
+) -> web.StreamResponse:
+    """The response with the bytes blob_svc streams over gRPC, as they arrive."""
+    backends = clients(request)
     async with contextlib.aclosing(backends.read_blob(digest, first, length)) as chunks:
         # Failures before the first bytes still become a proper error response.
         first_chunk = await anext(chunks, b"")
@@ -123,19 +149,20 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         except grpc.aio.AioRpcError as err:
             failure = f"{err.code().name}: {err.details()}"
         if sent != length:
-            log.warning(
-                "blob %s of %s cut off after %d of %d bytes: %s",
-                digest,
-                name,
-                sent,
-                length,
-                failure,
-            )
-            # Headers are gone: the only way left to tell the client is to cut the
-            # connection short of Content-Length.
-            if request.transport is not None:
-                request.transport.close()
+            _cut_off(request, name, digest, sent, length, failure)
     return response
+
+
+def _cut_off(
+    request: web.Request, name: str, digest: str, sent: int, length: int, failure: str
+) -> None:
+    log.warning(
+        "blob %s of %s cut off after %d of %d bytes: %s", digest, name, sent, length, failure
+    )
+    # Headers are gone: the only way left to tell the client is to cut the connection
+    # short of Content-Length.
+    if request.transport is not None:
+        request.transport.close()
 
 
 async def _presigned(backends: Clients, digest: str, expires_seconds: int) -> str | None:

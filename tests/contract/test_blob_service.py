@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -538,6 +539,36 @@ async def test_presign_blob(backend: str, stub: Stub) -> None:
         assert await asyncio.to_thread(fetch, url) == data
     finally:
         await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+
+
+async def test_locate_blob(backend: str, stub: Stub) -> None:
+    data = b"sent by the kernel"
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    await stub.WriteUpload(messages(upload_id, [data]))
+    digest = digest_of(data)
+    await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    request = blob_pb2.LocateBlobRequest(digest=digest)
+    try:
+        await expect_error(
+            stub.LocateBlob(blob_pb2.LocateBlobRequest(digest="sha256:x")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.DIGEST_INVALID,
+        )
+        if backend == "s3":
+            # Object storage has no local file: the caller streams with ReadBlob.
+            await expect_error(
+                stub.LocateBlob(request), grpc.StatusCode.UNIMPLEMENTED, Reason.UNSUPPORTED
+            )
+            return
+        location = await stub.LocateBlob(request)
+        assert location.size == len(data)
+        assert Path(location.path).is_absolute()
+        assert await asyncio.to_thread(Path(location.path).read_bytes) == data
+    finally:
+        await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+    if backend == "file":
+        await expect_error(stub.LocateBlob(request), grpc.StatusCode.NOT_FOUND, Reason.BLOB_UNKNOWN)
 
 
 def fetch(url: str) -> bytes:

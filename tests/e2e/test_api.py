@@ -858,28 +858,34 @@ async def test_referrers_of_unknown_digest(api, unique_repo):
 # --- blobs: ranges, unknown, mount, concurrency, delete ------------------------------
 
 
-async def test_blob_range_requests(api, unique_repo):
+# Below and above the size the gateway reads itself rather than sends with sendfile.
+@pytest.mark.parametrize("size", [10_000, 3 * 1024 * 1024 + 7])
+async def test_blob_range_requests(api, unique_repo, size):
     """GET with Range: 206 with Content-Range and exactly those bytes; a range past the
     end is 416."""
     repo = unique_repo()
-    data = random_bytes(10_000, seed=19)
+    data = random_bytes(size, seed=19)
     digest = await api.push_blob(repo, data)
     url = f"/v2/{repo}/blobs/{digest}"
+    last = size - 1
     for header, lo, hi in (
         ("bytes=100-199", 100, 199),
-        ("bytes=9990-", 9990, 9999),
-        ("bytes=-5", 9995, 9999),
+        (f"bytes={size - 10}-", size - 10, last),
+        ("bytes=-5", size - 5, last),
         ("bytes=0-0", 0, 0),
-        ("bytes=9000-20000", 9000, 9999),
+        (f"bytes={size - 1000}-{2 * size}", size - 1000, last),
+        (f"bytes=1-{size - 2}", 1, size - 2),
     ):
         r = await api.request("GET", url, headers={"Range": header})
         assert r.status == 206, (header, r)
-        assert r.headers.get("Content-Range") == f"bytes {lo}-{hi}/10000", header
+        assert r.headers.get("Content-Range") == f"bytes {lo}-{hi}/{size}", header
+        assert r.headers.get("Content-Length") == str(hi - lo + 1), header
         assert r.body == data[lo : hi + 1], header
-    r = await api.request("GET", url, headers={"Range": "bytes=20000-30000"})
+    r = await api.request("GET", url, headers={"Range": f"bytes={2 * size}-{3 * size}"})
     api.error(r, 416)
     full = await api.request("GET", url)
     assert full.status == 200
+    assert full.headers.get("Docker-Content-Digest") == digest
     assert full.body == data
 
 
@@ -1098,3 +1104,20 @@ async def test_catalog_pagination(api, unique_repo):
     r = await api.request("GET", f"/v2/_catalog?n=1&last={repos[0]}")
     assert r.status == 200
     assert r.json()["repositories"] == [everything[everything.index(repos[0]) + 1]]
+
+
+def test_blob_lost_from_storage_is_not_served(start_registry, unique_repo):
+    """A blob whose file vanished from the storage underneath the registry, after a pull
+    told the gateway where it is: 404 BLOB_UNKNOWN, never 200 with other bytes."""
+    registry = start_registry()
+    repo = unique_repo()
+    data = random_bytes(1024 * 1024, seed=23)
+    digest = registry.push_blob(repo, data)
+    url = f"/v2/{repo}/blobs/{digest}"
+    assert registry.request("GET", url).body == data
+    hexdigest = digest.removeprefix("sha256:")
+    blobs = registry.data_dir / "storage" / "blobs" / "sha256"
+    (blobs / hexdigest[:2] / hexdigest / "data").unlink()
+    lost = registry.request("GET", url)
+    assert lost.status == 404, lost.status
+    assert lost.json()["errors"][0]["code"] == "BLOB_UNKNOWN"

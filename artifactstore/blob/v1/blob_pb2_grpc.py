@@ -89,6 +89,11 @@ class BlobServiceStub:
                 request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobResponse.FromString,
                 _registered_method=True)
+        self.LocateBlob = channel.unary_unary(
+                '/artifactstore.blob.v1.BlobService/LocateBlob',
+                request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.LocateBlobRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.BlobLocation.FromString,
+                _registered_method=True)
         self.AbortStaleMultipartUploads = channel.unary_unary(
                 '/artifactstore.blob.v1.BlobService/AbortStaleMultipartUploads',
                 request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.AbortStaleMultipartUploadsRequest.SerializeToString,
@@ -192,6 +197,17 @@ class BlobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LocateBlob(self, request, context):
+        """The local file holding a canonical blob, and its size, for a caller on the same host
+        (the gateway) to send to its client without copying the bytes (sendfile). The caller
+        has checked access and must open the file read-only; a file it cannot open (another
+        host, or deleted since by GC) means streaming with ReadBlob instead. NOT_FOUND /
+        BLOB_UNKNOWN if absent; UNIMPLEMENTED / UNSUPPORTED on object storage.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AbortStaleMultipartUploads(self, request, context):
         """Aborts the multipart uploads under the storage root begun more than
         `older_than_seconds` ago: invisible leftovers of a blob_svc killed while writing a
@@ -260,6 +276,11 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     servicer.PresignBlob,
                     request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobRequest.FromString,
                     response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobResponse.SerializeToString,
+            ),
+            'LocateBlob': grpc.unary_unary_rpc_method_handler(
+                    servicer.LocateBlob,
+                    request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.LocateBlobRequest.FromString,
+                    response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.BlobLocation.SerializeToString,
             ),
             'AbortStaleMultipartUploads': grpc.unary_unary_rpc_method_handler(
                     servicer.AbortStaleMultipartUploads,
@@ -564,6 +585,33 @@ class BlobService:
             '/artifactstore.blob.v1.BlobService/PresignBlob',
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobRequest.SerializeToString,
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.PresignBlobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LocateBlob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.blob.v1.BlobService/LocateBlob',
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.LocateBlobRequest.SerializeToString,
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.BlobLocation.FromString,
             options,
             channel_credentials,
             insecure,

@@ -87,6 +87,13 @@ class BlobServiceStub:
     client may pull it); the blob's existence is not checked again. UNIMPLEMENTED /
     UNSUPPORTED when the storage cannot presign (local disk): stream with ReadBlob.
     """
+    LocateBlob: _grpc.UnaryUnaryMultiCallable[_blob_pb2.LocateBlobRequest, _blob_pb2.BlobLocation]
+    """The local file holding a canonical blob, and its size, for a caller on the same host
+    (the gateway) to send to its client without copying the bytes (sendfile). The caller
+    has checked access and must open the file read-only; a file it cannot open (another
+    host, or deleted since by GC) means streaming with ReadBlob instead. NOT_FOUND /
+    BLOB_UNKNOWN if absent; UNIMPLEMENTED / UNSUPPORTED on object storage.
+    """
     AbortStaleMultipartUploads: _grpc.UnaryUnaryMultiCallable[_blob_pb2.AbortStaleMultipartUploadsRequest, _blob_pb2.AbortStaleMultipartUploadsResponse]
     """Aborts the multipart uploads under the storage root begun more than
     `older_than_seconds` ago: invisible leftovers of a blob_svc killed while writing a
@@ -143,6 +150,13 @@ class BlobServiceAsyncStub(BlobServiceStub):
     The caller has checked access (the gateway: the repository links the blob and the
     client may pull it); the blob's existence is not checked again. UNIMPLEMENTED /
     UNSUPPORTED when the storage cannot presign (local disk): stream with ReadBlob.
+    """
+    LocateBlob: _aio.UnaryUnaryMultiCallable[_blob_pb2.LocateBlobRequest, _blob_pb2.BlobLocation]  # type: ignore[assignment]
+    """The local file holding a canonical blob, and its size, for a caller on the same host
+    (the gateway) to send to its client without copying the bytes (sendfile). The caller
+    has checked access and must open the file read-only; a file it cannot open (another
+    host, or deleted since by GC) means streaming with ReadBlob instead. NOT_FOUND /
+    BLOB_UNKNOWN if absent; UNIMPLEMENTED / UNSUPPORTED on object storage.
     """
     AbortStaleMultipartUploads: _aio.UnaryUnaryMultiCallable[_blob_pb2.AbortStaleMultipartUploadsRequest, _blob_pb2.AbortStaleMultipartUploadsResponse]  # type: ignore[assignment]
     """Aborts the multipart uploads under the storage root begun more than
@@ -263,6 +277,19 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         The caller has checked access (the gateway: the repository links the blob and the
         client may pull it); the blob's existence is not checked again. UNIMPLEMENTED /
         UNSUPPORTED when the storage cannot presign (local disk): stream with ReadBlob.
+        """
+
+    @_abc_1.abstractmethod
+    def LocateBlob(
+        self,
+        request: _blob_pb2.LocateBlobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blob_pb2.BlobLocation, _abc.Awaitable[_blob_pb2.BlobLocation]]:
+        """The local file holding a canonical blob, and its size, for a caller on the same host
+        (the gateway) to send to its client without copying the bytes (sendfile). The caller
+        has checked access and must open the file read-only; a file it cannot open (another
+        host, or deleted since by GC) means streaming with ReadBlob instead. NOT_FOUND /
+        BLOB_UNKNOWN if absent; UNIMPLEMENTED / UNSUPPORTED on object storage.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,138 @@
+"""Blobs sent from blob_svc's own files when it keeps them on this host's disk: the kernel
+copies the bytes from the page cache to the client's socket (sendfile), instead of blob_svc
+reading them and both processes passing them through gRPC, protobuf and Python.
+
+blob_svc says where a blob's file is (LocateBlob); the answer is cached per digest, as a
+blob's content never changes. GC may delete the file afterwards: the open that fails then
+drops the answer and the caller streams the blob from blob_svc, which gives its usual
+answer. Once open, the file is sent whole even if GC unlinks it meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from aiohttp import web
+
+from artifactstore.blob.v1 import blob_pb2 as bl
+from artifactstore.errors import Reason, RegistryError
+from artifactstore.rpc import call
+from gateway.clients import Clients
+
+# Bodies up to this size are read by the event loop itself: a thread hop costs more.
+INLINE_BYTES = 256 * 1024
+# A client that accepts no byte for this long is given up on.
+STALL_SECONDS = 60.0
+# Answers kept; past it they are dropped at once (each costs one call to find again).
+MAX_LOCATIONS = 10_000
+
+# uvloop has no loop.sendfile (asyncio's generic one reads and writes in Python), so the
+# sends run in threads of their own, mostly blocked in the kernel without the GIL.
+_senders = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sendfile")
+
+
+class BlobFiles:
+    """Where blob_svc keeps each blob's file, as LocateBlob answered."""
+
+    def __init__(self) -> None:
+        self._paths: dict[str, str] = {}
+        # Set once blob_svc says its storage has no local files (object storage).
+        self._remote = False
+
+    async def open(self, backends: Clients, digest: str, size: int) -> int | None:
+        """A read-only descriptor of the blob's file of `size` bytes, or None when the
+        blob must be streamed instead: object storage, a file on another host, or one
+        gone since it was located."""
+        if self._remote:
+            return None
+        path = self._paths.get(digest)
+        if path is None:
+            path = await self._locate(backends, digest)
+            if path is None:
+                return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            self._paths.pop(digest, None)
+            return None
+        if os.fstat(fd).st_size != size:
+            os.close(fd)
+            self._paths.pop(digest, None)
+            return None
+        return fd
+
+    async def _locate(self, backends: Clients, digest: str) -> str | None:
+        try:
+            reply = await call(backends.blob.LocateBlob(bl.LocateBlobRequest(digest=digest)))
+        except RegistryError as err:
+            self._remote = err.reason == Reason.UNSUPPORTED
+            return None
+        except grpc.aio.AioRpcError as err:
+            # A blob_svc without LocateBlob; any other failure, streaming meets too.
+            self._remote = err.code() == grpc.StatusCode.UNIMPLEMENTED
+            return None
+        if len(self._paths) >= MAX_LOCATIONS:
+            self._paths.clear()
+        self._paths[digest] = reply.path
+        return reply.path
+
+
+async def send(
+    request: web.Request, response: web.StreamResponse, fd: int, offset: int, count: int
+) -> int:
+    """Send `count` bytes of the file `fd` from `offset` as the body of `response` (its
+    headers set, Content-Length `count`) and return how many went; fewer when the client
+    went away or stalled, after which the connection must be closed."""
+    if count <= INLINE_BYTES:
+        data = os.pread(fd, count, offset)
+        await response.prepare(request)
+        await response.write(data)
+        return len(data)
+    writer = await response.prepare(request)
+    transport = request.transport
+    sock = None if transport is None else transport.get_extra_info("socket")
+    if writer is None or transport is None or sock is None:
+        return 0
+    # The headers must be on the wire before the body goes around the transport: with a
+    # high-water mark of 0, drain() waits until nothing is left in its buffer.
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0)
+    try:
+        await writer.drain()
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
+    # A descriptor of our own: if the connection closes meanwhile, the transport's number
+    # may be reused by another socket, which must not receive these bytes.
+    out = os.dup(sock.fileno())
+    try:
+        sent = await asyncio.get_running_loop().run_in_executor(
+            _senders, _sendfile, out, fd, offset, count
+        )
+    finally:
+        os.close(out)
+    writer.output_size += sent
+    return sent
+
+
+def _sendfile(out: int, fd: int, offset: int, count: int) -> int:
+    """os.sendfile on a non-blocking socket: wait for room with poll() when it is full."""
+    sent = 0
+    poller = select.poll()
+    poller.register(out, select.POLLOUT)
+    while sent < count:
+        try:
+            n = os.sendfile(out, fd, offset + sent, count - sent)
+        except BlockingIOError:
+            if not poller.poll(STALL_SECONDS * 1000):
+                return sent
+            continue
+        except (BrokenPipeError, ConnectionResetError):
+            return sent
+        if n == 0:
+            return sent
+        sent += n
+    return sent
