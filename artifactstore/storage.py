@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import botocore.session
 import pyarrow.fs as pafs
 
 from artifactstore.config import Settings
@@ -123,6 +122,9 @@ def parse_s3_url(url: str, options: StorageOptions) -> S3Location:
 
 def _profile_region() -> str | None:
     """The region of the AWS config file's current profile, if it names one."""
+    # Here, not at the top: botocore costs ~15 MiB in every process that opens storage.
+    import botocore.session
+
     region = botocore.session.get_session().get_config_variable("region")
     return str(region) if region else None
 

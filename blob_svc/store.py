@@ -26,7 +26,7 @@ import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -36,8 +36,11 @@ from artifactstore.errors import Reason, RegistryError
 from artifactstore.rpc import STREAM_CHUNK_BYTES
 from artifactstore.storage import StorageOptions, open_storage
 from blob_svc import paths
-from blob_svc.objects import ObjectStore, PartWriter, Retrier, SessionPart, session_parts
 from blob_svc.uploads import STREAM_ALGORITHM, HashState, HashStates, SessionLocks
+
+# blob_svc.objects (and botocore with it, ~15 MiB) is imported only on object storage.
+if TYPE_CHECKING:
+    from blob_svc.objects import ObjectStore, SessionPart
 
 # Bytes handed to one worker-thread call when writing; one block is written while the next
 # is received, so memory per upload stays below two blocks.
@@ -109,6 +112,8 @@ class BlobStore:
         storage = open_storage(storage_url, options)
         objects = None
         if storage.s3 is not None:
+            from blob_svc.objects import ObjectStore, Retrier
+
             retrier = Retrier(budget_seconds=retry_seconds)
             objects = ObjectStore(storage.s3, storage.filesystem, retrier, options)
         return cls(storage.filesystem, storage.root, objects)
@@ -218,6 +223,8 @@ class BlobStore:
     ) -> int:
         """write_upload's body on object storage: `chunks` become part objects after the
         session's `size` bytes (which `state` has hashed)."""
+        from blob_svc.objects import PartWriter
+
         assert self._objects is not None
         writer = PartWriter(self._objects, self._root, upload_id, size)
         try:
@@ -422,6 +429,8 @@ class BlobStore:
 
     def _session_listing(self, upload_id: str) -> tuple[list[SessionPart], list[str]]:
         """`_session_parts`, and the paths of every object of the session."""
+        from blob_svc.objects import session_parts
+
         infos = self._session_objects(upload_id)
         started_at = paths.upload_started_at(self._root, upload_id)
         if not any(info.path == started_at for info in infos):
