@@ -51,6 +51,9 @@ MEMORY_SCENARIO = 10
 MEMORY = Metric(
     f"{MEMORY_SCENARIO}.rss", f"{MEMORY_SCENARIO} peak resident memory", "peak RSS", "MiB", False
 )
+MEMORY_PSS = Metric(
+    f"{MEMORY_SCENARIO}.pss", f"{MEMORY_SCENARIO} peak resident memory", "peak PSS", "MiB", False
+)
 # Other work on the machine above this many cores (median) makes the figures suspect.
 BUSY_CORES = 0.2
 # The pool blobs are cut from: the largest blob, and 8 layers of skopeo's image.
@@ -205,9 +208,12 @@ async def run_rounds(
         if memory:
             for target in targets:
                 peak = sampler.peak(target.key) / MIB
+                peak_pss = sampler.peak_pss(target.key) / MIB
                 records.append((target.key, Result(MEMORY, peak)))
+                records.append((target.key, Result(MEMORY_PSS, peak_pss)))
                 _progress(
-                    f"[{round_ + 1}/{options.rounds}] peak RSS · {target.key}: {peak:.0f} MiB"
+                    f"[{round_ + 1}/{options.rounds}] peak RSS · {target.key}: {peak:.0f} MiB,"
+                    f" peak PSS {peak_pss:.0f} MiB"
                 )
     return records
 

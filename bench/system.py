@@ -43,6 +43,19 @@ def rss_bytes(pid: int) -> int:
         return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """The proportional set size of `pid`: its resident pages, each shared one divided
+    among the processes sharing it (0 once it has exited)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        pass
+    return 0
+
+
 def cpu_seconds(pid: int) -> float:
     """User plus system CPU time `pid` has used so far (0 once it has exited)."""
     try:
@@ -74,13 +87,16 @@ def cpu_snapshot(processes: Mapping[str, int]) -> dict[str, float]:
 
 
 class MemorySampler:
-    """Samples the summed RSS of named process groups every `interval` seconds in a
-    thread, and keeps each group's peak since its last `reset`."""
+    """Samples the summed RSS and PSS of named process groups every `interval` seconds in
+    a thread, and keeps each group's peaks since its last `reset`.
+
+    RSS counts a shared library once in every process mapping it; PSS shares it out, so
+    the PSS of a group of processes is what the group as a whole keeps resident."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self._interval = interval
         self._groups: dict[str, Callable[[], list[int]]] = {}
-        self._peaks: dict[str, int] = {}
+        self._peaks: dict[str, tuple[int, int]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
@@ -89,7 +105,7 @@ class MemorySampler:
         """Sample `group`: the processes `pids()` lists at each sample."""
         with self._lock:
             self._groups[group] = pids
-            self._peaks[group] = 0
+            self._peaks[group] = (0, 0)
 
     def start(self) -> None:
         """Start sampling."""
@@ -102,25 +118,35 @@ class MemorySampler:
             self._thread.join()
 
     def sample(self, group: str) -> int:
-        """The group's summed RSS right now, in bytes (also counted towards its peak)."""
+        """The group's summed RSS right now, in bytes (it and the summed PSS also counted
+        towards the peaks)."""
         with self._lock:
             pids = self._groups[group]
-        total = sum(rss_bytes(pid) for pid in pids())
+        members = pids()
+        rss = sum(rss_bytes(pid) for pid in members)
+        pss = sum(pss_bytes(pid) for pid in members)
         with self._lock:
-            self._peaks[group] = max(self._peaks[group], total)
-        return total
+            peak_rss, peak_pss = self._peaks[group]
+            self._peaks[group] = (max(peak_rss, rss), max(peak_pss, pss))
+        return rss
 
     def reset(self, group: str) -> None:
-        """Forget the group's peak; the next samples start a new one."""
+        """Forget the group's peaks; the next samples start new ones."""
         with self._lock:
-            self._peaks[group] = 0
+            self._peaks[group] = (0, 0)
         self.sample(group)
 
     def peak(self, group: str) -> int:
         """The largest summed RSS of the group since its last reset, in bytes."""
         self.sample(group)
         with self._lock:
-            return self._peaks[group]
+            return self._peaks[group][0]
+
+    def peak_pss(self, group: str) -> int:
+        """The largest summed PSS of the group since its last reset, in bytes."""
+        self.sample(group)
+        with self._lock:
+            return self._peaks[group][1]
 
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
