@@ -23,11 +23,17 @@ SERVICES: dict[str, tuple[str, str]] = {
     "gc": ("gc_svc.server", "gc_svc"),
 }
 
+# Background workers yield the CPU to the services that answer clients: scans and GC may
+# lag behind a burst of pushes, but never slow it down.
+BACKGROUND_NICENESS = {"scan": 10, "gc": 10}
+
 
 def run_service(name: str, settings: Settings) -> None:
     """Run one service of the mesh in this process until it is told to stop."""
     from artifactstore import telemetry
 
+    if name in BACKGROUND_NICENESS:
+        os.nice(BACKGROUND_NICENESS[name])
     module_name, service_name = SERVICES[name]
     telemetry.setup(service_name, debug=settings.debug)
     metrics.serve_metrics(settings, name)
