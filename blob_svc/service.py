@@ -78,6 +78,23 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         size = await self._store.stat(digest)
         return blob_pb2.BlobInfo(digest=str(digest), size=size)
 
+    async def StatBlobs(
+        self, request: blob_pb2.StatBlobsRequest, context: Context
+    ) -> blob_pb2.StatBlobsResponse:
+        if not 1 <= len(request.digests) <= MAX_LIST:
+            raise RegistryError(
+                Reason.PAGINATION_INVALID, f"between 1 and {MAX_LIST} digests at once"
+            )
+        digests = [Digest.parse(d) for d in request.digests]
+        sizes = await self._store.stat_many(digests)
+        return blob_pb2.StatBlobsResponse(
+            blobs=[
+                blob_pb2.BlobInfo(digest=str(d), size=size)
+                for d, size in zip(digests, sizes, strict=True)
+                if size is not None
+            ]
+        )
+
     async def ReadBlob(
         self, request: blob_pb2.ReadBlobRequest, context: Context
     ) -> AsyncIterator[blob_pb2.ReadBlobResponse]:

@@ -308,6 +308,14 @@ class BlobStore:
             raise _blob_unknown(digest)
         return int(info.size)
 
+    async def stat_many(self, digests: list[Digest]) -> list[int | None]:
+        """The size of each canonical blob of `digests`, None for those absent, in one
+        worker-thread call (and on object storage, requests the filesystem runs at once)."""
+        infos = await self._io(
+            self._fs.get_file_info, [paths.blob_data(self._root, d) for d in digests]
+        )
+        return [int(i.size) if i.type == pafs.FileType.File else None for i in infos]
+
     async def read(
         self, digest: Digest, offset: int = 0, length: int | None = None
     ) -> AsyncGenerator[bytes, None]:

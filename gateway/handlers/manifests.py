@@ -19,6 +19,9 @@ from gateway.bodies import read_manifest
 from gateway.keys import clients
 from gateway.responses import CONTENT_DIGEST, OCI_SUBJECT
 
+# Digests per StatBlobs call (blob_svc's limit).
+STAT_BATCH = 1000
+
 
 def _location(name: str, digest: str) -> str:
     return f"/v2/{name}/manifests/{digest}"
@@ -85,19 +88,18 @@ async def _check_bytes_stored(request: web.Request, content: bytes, content_type
         return
     digests = sorted({str(b.digest) for b in parsed.required_blobs()})
     blob = clients(request).blob
-    results = await asyncio.gather(
-        *(call(blob.StatBlob(bl.StatBlobRequest(digest=d))) for d in digests),
-        return_exceptions=True,
+    batches = [digests[i : i + STAT_BATCH] for i in range(0, len(digests), STAT_BATCH)]
+    replies = await asyncio.gather(
+        *(call(blob.StatBlobs(bl.StatBlobsRequest(digests=batch))) for batch in batches)
     )
-    for digest, result in zip(digests, results, strict=True):
-        if isinstance(result, RegistryError) and result.reason == Reason.BLOB_UNKNOWN:
+    stored = {info.digest for reply in replies for info in reply.blobs}
+    for digest in digests:
+        if digest not in stored:
             raise RegistryError(
                 Reason.MANIFEST_BLOB_UNKNOWN,
                 f"manifest references blob {digest}, which is not stored",
                 digest=digest,
             )
-        if isinstance(result, BaseException):
-            raise result
 
 
 async def put_manifest(request: web.Request) -> web.Response:

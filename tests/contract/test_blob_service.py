@@ -541,6 +541,42 @@ async def test_presign_blob(backend: str, stub: Stub) -> None:
         await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
 
 
+async def test_stat_blobs(stub: Stub) -> None:
+    stored = [f"stat {i}".encode() for i in range(3)]
+    digests = []
+    for data in stored:
+        upload_id = str(uuid.uuid4())
+        await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+        await stub.WriteUpload(messages(upload_id, [data]))
+        digests.append(digest_of(data))
+        await stub.CommitUpload(
+            blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digests[-1])
+        )
+    absent = digest_of(b"never stored")
+    try:
+        asked = [digests[2], absent, digests[0], digests[1]]
+        reply = await stub.StatBlobs(blob_pb2.StatBlobsRequest(digests=asked))
+        assert [(b.digest, b.size) for b in reply.blobs] == [
+            (digests[2], len(stored[2])),
+            (digests[0], len(stored[0])),
+            (digests[1], len(stored[1])),
+        ]
+        await expect_error(
+            stub.StatBlobs(blob_pb2.StatBlobsRequest(digests=[digests[0], "sha256:x"])),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.DIGEST_INVALID,
+        )
+        for count in (0, 1001):
+            await expect_error(
+                stub.StatBlobs(blob_pb2.StatBlobsRequest(digests=[absent] * count)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                Reason.PAGINATION_INVALID,
+            )
+    finally:
+        for digest in digests:
+            await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+
+
 async def test_locate_blob(backend: str, stub: Stub) -> None:
     data = b"sent by the kernel"
     upload_id = str(uuid.uuid4())

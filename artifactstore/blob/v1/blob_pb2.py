@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n artifactstore/blob/v1/blob.proto\x12\x15\x61rtifactstore.blob.v1\"\'\n\x12StartUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"A\n\x0cUploadHeader\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x13\n\x06offset\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_offset\"c\n\x12WriteUploadRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.artifactstore.blob.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0cUploadStatus\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"+\n\x16GetUploadStatusRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"8\n\x13\x43ommitUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"(\n\x13\x43\x61ncelUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\")\n\x14\x43\x61ncelUploadResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"(\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"A\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\" \n\x10ReadBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"#\n\x11\x44\x65leteBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"3\n\x12\x44\x65leteBlobResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x03\"0\n\x10ListBlobsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"?\n\nStoredBlob\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x03 \x01(\x01\"S\n\x11ListBlobsResponse\x12\x30\n\x05\x62lobs\x18\x01 \x03(\x0b\x32!.artifactstore.blob.v1.StoredBlob\x12\x0c\n\x04more\x18\x02 \x01(\x08\"2\n\x12ListUploadsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x0cStoredUpload\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x03 \x01(\x01\"Y\n\x13ListUploadsResponse\x12\x34\n\x07uploads\x18\x01 \x03(\x0b\x32#.artifactstore.blob.v1.StoredUpload\x12\x0c\n\x04more\x18\x02 \x01(\x08\"#\n\x11LocateBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"*\n\x0c\x42lobLocation\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"=\n\x12PresignBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_seconds\x18\x02 \x01(\x05\"\"\n\x13PresignBlobResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"?\n!AbortStaleMultipartUploadsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\"5\n\"AbortStaleMultipartUploadsResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x03\x32\xae\n\n\x0b\x42lobService\x12]\n\x0bStartUpload\x12).artifactstore.blob.v1.StartUploadRequest\x1a#.artifactstore.blob.v1.UploadStatus\x12_\n\x0bWriteUpload\x12).artifactstore.blob.v1.WriteUploadRequest\x1a#.artifactstore.blob.v1.UploadStatus(\x01\x12\x65\n\x0fGetUploadStatus\x12-.artifactstore.blob.v1.GetUploadStatusRequest\x1a#.artifactstore.blob.v1.UploadStatus\x12[\n\x0c\x43ommitUpload\x12*.artifactstore.blob.v1.CommitUploadRequest\x1a\x1f.artifactstore.blob.v1.BlobInfo\x12g\n\x0c\x43\x61ncelUpload\x12*.artifactstore.blob.v1.CancelUploadRequest\x1a+.artifactstore.blob.v1.CancelUploadResponse\x12S\n\x08StatBlob\x12&.artifactstore.blob.v1.StatBlobRequest\x1a\x1f.artifactstore.blob.v1.BlobInfo\x12]\n\x08ReadBlob\x12&.artifactstore.blob.v1.ReadBlobRequest\x1a\'.artifactstore.blob.v1.ReadBlobResponse0\x01\x12\x61\n\nDeleteBlob\x12(.artifactstore.blob.v1.DeleteBlobRequest\x1a).artifactstore.blob.v1.DeleteBlobResponse\x12^\n\tListBlobs\x12\'.artifactstore.blob.v1.ListBlobsRequest\x1a(.artifactstore.blob.v1.ListBlobsResponse\x12\x64\n\x0bListUploads\x12).artifactstore.blob.v1.ListUploadsRequest\x1a*.artifactstore.blob.v1.ListUploadsResponse\x12\x64\n\x0bPresignBlob\x12).artifactstore.blob.v1.PresignBlobRequest\x1a*.artifactstore.blob.v1.PresignBlobResponse\x12[\n\nLocateBlob\x12(.artifactstore.blob.v1.LocateBlobRequest\x1a#.artifactstore.blob.v1.BlobLocation\x12\x91\x01\n\x1a\x41\x62ortStaleMultipartUploads\x12\x38.artifactstore.blob.v1.AbortStaleMultipartUploadsRequest\x1a\x39.artifactstore.blob.v1.AbortStaleMultipartUploadsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n artifactstore/blob/v1/blob.proto\x12\x15\x61rtifactstore.blob.v1\"\'\n\x12StartUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"A\n\x0cUploadHeader\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x13\n\x06offset\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_offset\"c\n\x12WriteUploadRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.artifactstore.blob.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0cUploadStatus\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"+\n\x16GetUploadStatusRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"8\n\x13\x43ommitUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\"(\n\x13\x43\x61ncelUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\")\n\x14\x43\x61ncelUploadResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"(\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"#\n\x10StatBlobsRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\t\"C\n\x11StatBlobsResponse\x12.\n\x05\x62lobs\x18\x01 \x03(\x0b\x32\x1f.artifactstore.blob.v1.BlobInfo\"A\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\" \n\x10ReadBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"#\n\x11\x44\x65leteBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"3\n\x12\x44\x65leteBlobResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x03\"0\n\x10ListBlobsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"?\n\nStoredBlob\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x03 \x01(\x01\"S\n\x11ListBlobsResponse\x12\x30\n\x05\x62lobs\x18\x01 \x03(\x0b\x32!.artifactstore.blob.v1.StoredBlob\x12\x0c\n\x04more\x18\x02 \x01(\x08\"2\n\x12ListUploadsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x0cStoredUpload\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x03 \x01(\x01\"Y\n\x13ListUploadsResponse\x12\x34\n\x07uploads\x18\x01 \x03(\x0b\x32#.artifactstore.blob.v1.StoredUpload\x12\x0c\n\x04more\x18\x02 \x01(\x08\"#\n\x11LocateBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"*\n\x0c\x42lobLocation\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"=\n\x12PresignBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_seconds\x18\x02 \x01(\x05\"\"\n\x13PresignBlobResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"?\n!AbortStaleMultipartUploadsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\"5\n\"AbortStaleMultipartUploadsResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x03\x32\x8e\x0b\n\x0b\x42lobService\x12]\n\x0bStartUpload\x12).artifactstore.blob.v1.StartUploadRequest\x1a#.artifactstore.blob.v1.UploadStatus\x12_\n\x0bWriteUpload\x12).artifactstore.blob.v1.WriteUploadRequest\x1a#.artifactstore.blob.v1.UploadStatus(\x01\x12\x65\n\x0fGetUploadStatus\x12-.artifactstore.blob.v1.GetUploadStatusRequest\x1a#.artifactstore.blob.v1.UploadStatus\x12[\n\x0c\x43ommitUpload\x12*.artifactstore.blob.v1.CommitUploadRequest\x1a\x1f.artifactstore.blob.v1.BlobInfo\x12g\n\x0c\x43\x61ncelUpload\x12*.artifactstore.blob.v1.CancelUploadRequest\x1a+.artifactstore.blob.v1.CancelUploadResponse\x12S\n\x08StatBlob\x12&.artifactstore.blob.v1.StatBlobRequest\x1a\x1f.artifactstore.blob.v1.BlobInfo\x12^\n\tStatBlobs\x12\'.artifactstore.blob.v1.StatBlobsRequest\x1a(.artifactstore.blob.v1.StatBlobsResponse\x12]\n\x08ReadBlob\x12&.artifactstore.blob.v1.ReadBlobRequest\x1a\'.artifactstore.blob.v1.ReadBlobResponse0\x01\x12\x61\n\nDeleteBlob\x12(.artifactstore.blob.v1.DeleteBlobRequest\x1a).artifactstore.blob.v1.DeleteBlobResponse\x12^\n\tListBlobs\x12\'.artifactstore.blob.v1.ListBlobsRequest\x1a(.artifactstore.blob.v1.ListBlobsResponse\x12\x64\n\x0bListUploads\x12).artifactstore.blob.v1.ListUploadsRequest\x1a*.artifactstore.blob.v1.ListUploadsResponse\x12\x64\n\x0bPresignBlob\x12).artifactstore.blob.v1.PresignBlobRequest\x1a*.artifactstore.blob.v1.PresignBlobResponse\x12[\n\nLocateBlob\x12(.artifactstore.blob.v1.LocateBlobRequest\x1a#.artifactstore.blob.v1.BlobLocation\x12\x91\x01\n\x1a\x41\x62ortStaleMultipartUploads\x12\x38.artifactstore.blob.v1.AbortStaleMultipartUploadsRequest\x1a\x39.artifactstore.blob.v1.AbortStaleMultipartUploadsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,38 +51,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BLOBINFO']._serialized_end=545
   _globals['_STATBLOBREQUEST']._serialized_start=547
   _globals['_STATBLOBREQUEST']._serialized_end=580
-  _globals['_READBLOBREQUEST']._serialized_start=582
-  _globals['_READBLOBREQUEST']._serialized_end=647
-  _globals['_READBLOBRESPONSE']._serialized_start=649
-  _globals['_READBLOBRESPONSE']._serialized_end=681
-  _globals['_DELETEBLOBREQUEST']._serialized_start=683
-  _globals['_DELETEBLOBREQUEST']._serialized_end=718
-  _globals['_DELETEBLOBRESPONSE']._serialized_start=720
-  _globals['_DELETEBLOBRESPONSE']._serialized_end=771
-  _globals['_LISTBLOBSREQUEST']._serialized_start=773
-  _globals['_LISTBLOBSREQUEST']._serialized_end=821
-  _globals['_STOREDBLOB']._serialized_start=823
-  _globals['_STOREDBLOB']._serialized_end=886
-  _globals['_LISTBLOBSRESPONSE']._serialized_start=888
-  _globals['_LISTBLOBSRESPONSE']._serialized_end=971
-  _globals['_LISTUPLOADSREQUEST']._serialized_start=973
-  _globals['_LISTUPLOADSREQUEST']._serialized_end=1023
-  _globals['_STOREDUPLOAD']._serialized_start=1025
-  _globals['_STOREDUPLOAD']._serialized_end=1093
-  _globals['_LISTUPLOADSRESPONSE']._serialized_start=1095
-  _globals['_LISTUPLOADSRESPONSE']._serialized_end=1184
-  _globals['_LOCATEBLOBREQUEST']._serialized_start=1186
-  _globals['_LOCATEBLOBREQUEST']._serialized_end=1221
-  _globals['_BLOBLOCATION']._serialized_start=1223
-  _globals['_BLOBLOCATION']._serialized_end=1265
-  _globals['_PRESIGNBLOBREQUEST']._serialized_start=1267
-  _globals['_PRESIGNBLOBREQUEST']._serialized_end=1328
-  _globals['_PRESIGNBLOBRESPONSE']._serialized_start=1330
-  _globals['_PRESIGNBLOBRESPONSE']._serialized_end=1364
-  _globals['_ABORTSTALEMULTIPARTUPLOADSREQUEST']._serialized_start=1366
-  _globals['_ABORTSTALEMULTIPARTUPLOADSREQUEST']._serialized_end=1429
-  _globals['_ABORTSTALEMULTIPARTUPLOADSRESPONSE']._serialized_start=1431
-  _globals['_ABORTSTALEMULTIPARTUPLOADSRESPONSE']._serialized_end=1484
-  _globals['_BLOBSERVICE']._serialized_start=1487
-  _globals['_BLOBSERVICE']._serialized_end=2813
+  _globals['_STATBLOBSREQUEST']._serialized_start=582
+  _globals['_STATBLOBSREQUEST']._serialized_end=617
+  _globals['_STATBLOBSRESPONSE']._serialized_start=619
+  _globals['_STATBLOBSRESPONSE']._serialized_end=686
+  _globals['_READBLOBREQUEST']._serialized_start=688
+  _globals['_READBLOBREQUEST']._serialized_end=753
+  _globals['_READBLOBRESPONSE']._serialized_start=755
+  _globals['_READBLOBRESPONSE']._serialized_end=787
+  _globals['_DELETEBLOBREQUEST']._serialized_start=789
+  _globals['_DELETEBLOBREQUEST']._serialized_end=824
+  _globals['_DELETEBLOBRESPONSE']._serialized_start=826
+  _globals['_DELETEBLOBRESPONSE']._serialized_end=877
+  _globals['_LISTBLOBSREQUEST']._serialized_start=879
+  _globals['_LISTBLOBSREQUEST']._serialized_end=927
+  _globals['_STOREDBLOB']._serialized_start=929
+  _globals['_STOREDBLOB']._serialized_end=992
+  _globals['_LISTBLOBSRESPONSE']._serialized_start=994
+  _globals['_LISTBLOBSRESPONSE']._serialized_end=1077
+  _globals['_LISTUPLOADSREQUEST']._serialized_start=1079
+  _globals['_LISTUPLOADSREQUEST']._serialized_end=1129
+  _globals['_STOREDUPLOAD']._serialized_start=1131
+  _globals['_STOREDUPLOAD']._serialized_end=1199
+  _globals['_LISTUPLOADSRESPONSE']._serialized_start=1201
+  _globals['_LISTUPLOADSRESPONSE']._serialized_end=1290
+  _globals['_LOCATEBLOBREQUEST']._serialized_start=1292
+  _globals['_LOCATEBLOBREQUEST']._serialized_end=1327
+  _globals['_BLOBLOCATION']._serialized_start=1329
+  _globals['_BLOBLOCATION']._serialized_end=1371
+  _globals['_PRESIGNBLOBREQUEST']._serialized_start=1373
+  _globals['_PRESIGNBLOBREQUEST']._serialized_end=1434
+  _globals['_PRESIGNBLOBRESPONSE']._serialized_start=1436
+  _globals['_PRESIGNBLOBRESPONSE']._serialized_end=1470
+  _globals['_ABORTSTALEMULTIPARTUPLOADSREQUEST']._serialized_start=1472
+  _globals['_ABORTSTALEMULTIPARTUPLOADSREQUEST']._serialized_end=1535
+  _globals['_ABORTSTALEMULTIPARTUPLOADSRESPONSE']._serialized_start=1537
+  _globals['_ABORTSTALEMULTIPARTUPLOADSRESPONSE']._serialized_end=1590
+  _globals['_BLOBSERVICE']._serialized_start=1593
+  _globals['_BLOBSERVICE']._serialized_end=3015
 # @@protoc_insertion_point(module_scope)

@@ -244,6 +244,46 @@ class StatBlobRequest(_message.Message):
 Global___StatBlobRequest: _TypeAlias = StatBlobRequest  # noqa: Y015
 
 @_typing.final
+class StatBlobsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DIGESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def digests(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        digests: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digests", b"digests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatBlobsRequest: _TypeAlias = StatBlobsRequest  # noqa: Y015
+
+@_typing.final
+class StatBlobsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOBS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def blobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobInfo]: ...
+    def __init__(
+        self,
+        *,
+        blobs: _abc.Iterable[Global___BlobInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StatBlobsResponse: _TypeAlias = StatBlobsResponse  # noqa: Y015
+
+@_typing.final
 class ReadBlobRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

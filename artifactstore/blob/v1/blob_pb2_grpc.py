@@ -64,6 +64,11 @@ class BlobServiceStub:
                 request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.BlobInfo.FromString,
                 _registered_method=True)
+        self.StatBlobs = channel.unary_unary(
+                '/artifactstore.blob.v1.BlobService/StatBlobs',
+                request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobsRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobsResponse.FromString,
+                _registered_method=True)
         self.ReadBlob = channel.unary_stream(
                 '/artifactstore.blob.v1.BlobService/ReadBlob',
                 request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.ReadBlobRequest.SerializeToString,
@@ -148,6 +153,15 @@ class BlobServiceServicer:
 
     def StatBlob(self, request, context):
         """Size of a canonical blob (NOT_FOUND / BLOB_UNKNOWN if absent).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StatBlobs(self, request, context):
+        """Sizes of several canonical blobs at once (1-1,000 digests), for a manifest's blobs:
+        the blobs stored, in the order asked; absent ones are left out. INVALID_ARGUMENT /
+        DIGEST_INVALID for a malformed digest, PAGINATION_INVALID for a count out of range.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -251,6 +265,11 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     servicer.StatBlob,
                     request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobRequest.FromString,
                     response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.BlobInfo.SerializeToString,
+            ),
+            'StatBlobs': grpc.unary_unary_rpc_method_handler(
+                    servicer.StatBlobs,
+                    request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobsRequest.FromString,
+                    response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobsResponse.SerializeToString,
             ),
             'ReadBlob': grpc.unary_stream_rpc_method_handler(
                     servicer.ReadBlob,
@@ -450,6 +469,33 @@ class BlobService:
             '/artifactstore.blob.v1.BlobService/StatBlob',
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobRequest.SerializeToString,
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.BlobInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StatBlobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.blob.v1.BlobService/StatBlobs',
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobsRequest.SerializeToString,
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.StatBlobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,11 @@ class BlobServiceStub:
     """Removes an upload session and its bytes. Idempotent."""
     StatBlob: _grpc.UnaryUnaryMultiCallable[_blob_pb2.StatBlobRequest, _blob_pb2.BlobInfo]
     """Size of a canonical blob (NOT_FOUND / BLOB_UNKNOWN if absent)."""
+    StatBlobs: _grpc.UnaryUnaryMultiCallable[_blob_pb2.StatBlobsRequest, _blob_pb2.StatBlobsResponse]
+    """Sizes of several canonical blobs at once (1-1,000 digests), for a manifest's blobs:
+    the blobs stored, in the order asked; absent ones are left out. INVALID_ARGUMENT /
+    DIGEST_INVALID for a malformed digest, PAGINATION_INVALID for a count out of range.
+    """
     ReadBlob: _grpc.UnaryStreamMultiCallable[_blob_pb2.ReadBlobRequest, _blob_pb2.ReadBlobResponse]
     """Streams a canonical blob, or the byte range [offset, offset+length) of it, in chunks
     of up to 1 MiB. A range outside the blob gives OUT_OF_RANGE / RANGE_INVALID.
@@ -127,6 +132,11 @@ class BlobServiceAsyncStub(BlobServiceStub):
     """Removes an upload session and its bytes. Idempotent."""
     StatBlob: _aio.UnaryUnaryMultiCallable[_blob_pb2.StatBlobRequest, _blob_pb2.BlobInfo]  # type: ignore[assignment]
     """Size of a canonical blob (NOT_FOUND / BLOB_UNKNOWN if absent)."""
+    StatBlobs: _aio.UnaryUnaryMultiCallable[_blob_pb2.StatBlobsRequest, _blob_pb2.StatBlobsResponse]  # type: ignore[assignment]
+    """Sizes of several canonical blobs at once (1-1,000 digests), for a manifest's blobs:
+    the blobs stored, in the order asked; absent ones are left out. INVALID_ARGUMENT /
+    DIGEST_INVALID for a malformed digest, PAGINATION_INVALID for a count out of range.
+    """
     ReadBlob: _aio.UnaryStreamMultiCallable[_blob_pb2.ReadBlobRequest, _blob_pb2.ReadBlobResponse]  # type: ignore[assignment]
     """Streams a canonical blob, or the byte range [offset, offset+length) of it, in chunks
     of up to 1 MiB. A range outside the blob gives OUT_OF_RANGE / RANGE_INVALID.
@@ -224,6 +234,17 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_blob_pb2.BlobInfo, _abc.Awaitable[_blob_pb2.BlobInfo]]:
         """Size of a canonical blob (NOT_FOUND / BLOB_UNKNOWN if absent)."""
+
+    @_abc_1.abstractmethod
+    def StatBlobs(
+        self,
+        request: _blob_pb2.StatBlobsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blob_pb2.StatBlobsResponse, _abc.Awaitable[_blob_pb2.StatBlobsResponse]]:
+        """Sizes of several canonical blobs at once (1-1,000 digests), for a manifest's blobs:
+        the blobs stored, in the order asked; absent ones are left out. INVALID_ARGUMENT /
+        DIGEST_INVALID for a malformed digest, PAGINATION_INVALID for a count out of range.
+        """
 
     @_abc_1.abstractmethod
     def ReadBlob(
