@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 COMMIT_TIMEOUT_SECONDS = 600.0
 # How long a commit waits for GC to finish deleting the same digest's old bytes.
 COMMIT_WAIT_SECONDS = 10.0
+# A closing body up to this size travels inside CommitUpload rather than as a stream.
+INLINE_COMMIT_BYTES = 1024 * 1024
 
 # The spec's chunk range is `^[0-9]+-[0-9]+$`; RFC 9110's "bytes a-b/len" form is
 # accepted too, as some clients send it.
@@ -118,6 +120,16 @@ async def _append(request: web.Request, upload_id: str, offset: int | None) -> i
     return size
 
 
+async def _small_body(request: web.Request) -> bytes:
+    """A small closing body, read whole to travel with the commit (one call instead of a
+    stream and a call). Cut short, it fails with nothing appended: the client sends the
+    whole body again."""
+    body = BodyStream(request, settings(request).upload_chunk_bytes)
+    data = b"".join([chunk async for chunk in body.chunks()])
+    body.raise_if_cut()
+    return data
+
+
 async def _begin_commit(request: web.Request, digest: str, upload_id: str) -> None:
     """Tell metadata_svc that a commit of `digest` is in flight, so that GC deletes none
     of its bytes until the link is made (metadata_svc.gc, rule 3). While GC is deleting
@@ -147,12 +159,17 @@ async def _complete(
     the blob to the repository, which ends the session. On a digest mismatch
     (DIGEST_INVALID) the session stays, so the client may try again."""
     backends = clients(request)
+    data = b""
     if request.body_exists:
-        await _append(request, upload_id, offset)
+        length = request.content_length
+        if offset is None and length is not None and length <= INLINE_COMMIT_BYTES:
+            data = await _small_body(request)
+        else:
+            await _append(request, upload_id, offset)
     await _begin_commit(request, digest, upload_id)
     blob = await call(
         backends.blob.CommitUpload(
-            bl.CommitUploadRequest(upload_id=upload_id, digest=digest),
+            bl.CommitUploadRequest(upload_id=upload_id, digest=digest, data=data),
             # After a blob_svc restart a commit re-hashes the stored bytes (about 1 GB/s),
             # which for a multi-GiB blob outlasts the default unary deadline.
             timeout=COMMIT_TIMEOUT_SECONDS,

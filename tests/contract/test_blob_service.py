@@ -541,6 +541,30 @@ async def test_presign_blob(backend: str, stub: Stub) -> None:
         await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
 
 
+async def test_commit_with_data(stub: Stub) -> None:
+    head, tail = b"streamed first, ", b"then sent with the commit"
+    upload_id = str(uuid.uuid4())
+    await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+    await stub.WriteUpload(messages(upload_id, [head]))
+    # A wrong digest: the data stays appended, the session stays for a retry.
+    await expect_error(
+        stub.CommitUpload(
+            blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest_of(b"other"), data=tail)
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        Reason.DIGEST_INVALID,
+    )
+    status = await stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=upload_id))
+    assert status.size == len(head + tail)
+    digest = digest_of(head, tail)
+    info = await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    try:
+        assert (info.digest, info.size) == (digest, len(head + tail))
+        assert await read(stub, digest) == head + tail
+    finally:
+        await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+
+
 async def test_stat_blobs(stub: Stub) -> None:
     stored = [f"stat {i}".encode() for i in range(3)]
     digests = []

@@ -146,18 +146,25 @@ class CommitUploadRequest(_message.Message):
 
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
     digest: _builtins.str
     """The digest the client claims, "sha256:<64 hex>" (or sha512)."""
+    data: _builtins.bytes
+    """Bytes appended to the session first, as by a WriteUpload without offset (they stay
+    appended if the commit then fails): a small blob's whole body in one call. Larger
+    bodies stream with WriteUpload.
+    """
     def __init__(
         self,
         *,
         upload_id: _builtins.str = ...,
         digest: _builtins.str = ...,
+        data: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "digest", b"digest", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
