@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import select
+import socket
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -105,15 +106,22 @@ async def send(
         await writer.drain()
     finally:
         transport.set_write_buffer_limits(high=high, low=low)
-    # A descriptor of our own: if the connection closes meanwhile, the transport's number
-    # may be reused by another socket, which must not receive these bytes.
-    out = os.dup(sock.fileno())
+    # Descriptors of the send's own, closed only once the thread is done: the caller's and
+    # the transport's are closed when the request or the connection ends, even while the
+    # thread still sends (a cancelled request does not stop it), and their numbers may
+    # then be reused by another file or socket, which must not be involved.
+    out, source = os.dup(sock.fileno()), os.dup(fd)
+    sending = asyncio.get_running_loop().run_in_executor(
+        _senders, _sendfile, out, source, offset, count
+    )
+    sending.add_done_callback(lambda _: _close(out, source))
     try:
-        sent = await asyncio.get_running_loop().run_in_executor(
-            _senders, _sendfile, out, fd, offset, count
-        )
-    finally:
-        os.close(out)
+        sent = await asyncio.shield(sending)
+    except asyncio.CancelledError:
+        # The connection is given up on (forced shutdown): stop the thread's send now.
+        if not sending.done():
+            _shutdown(out)
+        raise
     writer.output_size += sent
     return sent
 
@@ -136,3 +144,19 @@ def _sendfile(out: int, fd: int, offset: int, count: int) -> int:
             return sent
         sent += n
     return sent
+
+
+def _close(*fds: int) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+def _shutdown(fd: int) -> None:
+    """Shut down the socket `fd` refers to, leaving `fd` open (its owner closes it)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already disconnected
+    finally:
+        sock.detach()
