@@ -44,13 +44,15 @@ def run_service(name: str, settings: Settings) -> None:
 
 
 def serve(settings: Settings) -> None:
-    """Run every service as its own supervised process."""
+    """Run every service as its own supervised process, each forked from this one."""
     from artifactstore import telemetry
-    from artifactstore.supervisor import Supervisor, metrics_address
+    from artifactstore.supervisor import Supervisor
 
-    telemetry.setup("supervisor", debug=settings.debug)
-    metrics.serve_metrics(settings, "supervisor", metrics_address(settings, "supervisor"))
-    uvloop.run(Supervisor(settings).run())
+    # Logging only: a tracer provider set here would be inherited by every service.
+    telemetry.setup_logging("supervisor", debug=settings.debug)
+    service = Supervisor(settings).run()
+    if service is not None:  # this process is a service forked from the supervisor
+        run_service(service, Settings.from_env())
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
 
@@ -39,17 +40,22 @@ RPC_SECONDS = Histogram(
 )
 
 
-def serve_metrics(settings: Settings, service: str, address: str | None = None) -> str:
-    """Start this process's metrics listener at `address` (default ARTS_METRICS_ADDRESS);
-    return the address it listens at."""
+def serve_metrics(
+    settings: Settings,
+    service: str,
+    address: str | None = None,
+    registry: CollectorRegistry = REGISTRY,
+) -> WSGIServer:
+    """Start this process's metrics listener at `address` (default ARTS_METRICS_ADDRESS),
+    serving `registry` from a thread of its own; return the listening server."""
     host, _, port = (address or settings.metrics_address).rpartition(":")
-    server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=REGISTRY)
+    server, _ = start_http_server(int(port), addr=host or "127.0.0.1", registry=registry)
     bound = f"{host or '127.0.0.1'}:{server.server_port}"
     run = settings.data_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
     _write_atomically(run / f"{service}.metrics", bound + "\n")
     log.info("metrics at http://%s/metrics", bound)
-    return bound
+    return server
 
 
 def _write_atomically(path: Path, text: str) -> None:
