@@ -62,9 +62,7 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         self, request: blob_pb2.CommitUploadRequest, context: Context
     ) -> blob_pb2.BlobInfo:
         digest = Digest.parse(request.digest)
-        if request.data:
-            await self._store.write_upload(request.upload_id, None, _once(request.data))
-        info = await self._store.commit_upload(request.upload_id, digest)
+        info = await self._store.commit_upload(request.upload_id, digest, request.data)
         return blob_pb2.BlobInfo(digest=str(info.digest), size=info.size)
 
     async def CancelUpload(
@@ -190,7 +188,3 @@ async def _data(messages: AsyncIterator[blob_pb2.WriteUploadRequest]) -> AsyncIt
                 Reason.BLOB_UPLOAD_INVALID, "only the first WriteUpload message may be a header"
             )
         yield message.data
-
-
-async def _once(data: bytes) -> AsyncIterator[bytes]:
-    yield data

@@ -484,15 +484,21 @@ class GcStore:
         self.check_directory(directory)
         await self._db.run(fn)
 
-    async def begin_blob_commit(self, directory: str, digest: str, upload_id: str) -> None:
+    async def begin_blob_commit(
+        self, directory: str, digest: str, upload_id: str, repo: str = ""
+    ) -> None:
         """Record a commit of `digest` in flight (rule 3); UNAVAILABLE while it is being
-        deleted."""
+        deleted. With `repo`, BLOB_UPLOAD_UNKNOWN unless the session is `repo`'s."""
         digest = _digest(digest)
-        if not upload_id or len(upload_id) > 64:
+        if repo:
+            check_name(repo)  # the session's record then vouches for the id
+        elif not upload_id or len(upload_id) > 64:
             raise RegistryError(Reason.BLOB_UPLOAD_INVALID, "an upload id of 1-64 characters")
         keys = self._keys
 
         def fn(tr: Transaction) -> None:
+            if repo:
+                self._store.upload_of(tr, repo, upload_id)
             if tr.get(keys.gc_blob_deleting(digest)) is not None:
                 raise RegistryError(
                     Reason.UNAVAILABLE,

@@ -147,7 +147,9 @@ class MetadataGcServicer(gc_pb2_grpc.MetadataGcServiceServicer):
     async def BeginBlobCommit(
         self, request: pb.BeginBlobCommitRequest, context: Context
     ) -> pb.BeginBlobCommitResponse:
-        await self._store.begin_blob_commit(request.directory, request.digest, request.upload_id)
+        await self._store.begin_blob_commit(
+            request.directory, request.digest, request.upload_id, request.repository
+        )
         return pb.BeginBlobCommitResponse()
 
     async def DeleteRepository(

@@ -493,25 +493,30 @@ class MetadataStore:
     async def get_upload(self, repo: str, upload_id: str, *, touch: bool) -> UploadRecord:
         """`repo`'s upload session `upload_id`; BLOB_UPLOAD_UNKNOWN when it has none."""
         check_name(repo)
-        key = self._keys.upload(upload_id)
 
         def fn(tr: Transaction) -> UploadRecord:
-            raw = tr.get(key)
-            record = UploadRecord(**json.loads(raw)) if raw else None
-            if record is None or record.repository != repo:
-                raise RegistryError(
-                    Reason.BLOB_UPLOAD_UNKNOWN,
-                    f"upload {upload_id[:100]!r} is not known",
-                    upload_id=upload_id[:100],
-                )
+            record = self.upload_of(tr, repo, upload_id)
             if touch:
                 record = UploadRecord(
                     record.upload_id, record.repository, record.started_at, time.time()
                 )
-                tr.set(key, _dump(record))
+                tr.set(self._keys.upload(upload_id), _dump(record))
             return record
 
         return await (self._db.run(fn) if touch else self._db.read(fn))
+
+    def upload_of(self, tr: Transaction, repo: str, upload_id: str) -> UploadRecord:
+        """Inside a transaction: `repo`'s upload session `upload_id`; BLOB_UPLOAD_UNKNOWN
+        when it has none."""
+        raw = tr.get(self._keys.upload(upload_id))
+        record = UploadRecord(**json.loads(raw)) if raw else None
+        if record is None or record.repository != repo:
+            raise RegistryError(
+                Reason.BLOB_UPLOAD_UNKNOWN,
+                f"upload {upload_id[:100]!r} is not known",
+                upload_id=upload_id[:100],
+            )
+        return record
 
     async def delete_upload(self, repo: str, upload_id: str) -> None:
         """Forget `repo`'s upload session `upload_id` (nothing happens if it is unknown)."""

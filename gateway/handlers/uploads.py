@@ -130,9 +130,21 @@ async def _small_body(request: web.Request) -> bytes:
     return data
 
 
-async def _begin_commit(request: web.Request, digest: str, upload_id: str) -> None:
+def _inline(request: web.Request, offset: int | None) -> bool:
+    """Whether the closing body is small enough to travel with the commit."""
+    length = request.content_length
+    return (
+        request.body_exists
+        and offset is None
+        and length is not None
+        and length <= INLINE_COMMIT_BYTES
+    )
+
+
+async def _begin_commit(request: web.Request, name: str, digest: str, upload_id: str) -> None:
     """Tell metadata_svc that a commit of `digest` is in flight, so that GC deletes none
-    of its bytes until the link is made (metadata_svc.gc, rule 3). While GC is deleting
+    of its bytes until the link is made (metadata_svc.gc, rule 3), once it has confirmed
+    that the session is `name`'s (BLOB_UPLOAD_UNKNOWN otherwise). While GC is deleting
     them, wait for it to finish (the commit then stores them anew); UNAVAILABLE after
     COMMIT_WAIT_SECONDS, with the session intact for a retry."""
     deadline = time.monotonic() + COMMIT_WAIT_SECONDS
@@ -141,7 +153,7 @@ async def _begin_commit(request: web.Request, digest: str, upload_id: str) -> No
         try:
             await call(
                 clients(request).metadata_gc.BeginBlobCommit(
-                    gc.BeginBlobCommitRequest(digest=digest, upload_id=upload_id)
+                    gc.BeginBlobCommitRequest(repository=name, digest=digest, upload_id=upload_id)
                 )
             )
             return
@@ -160,13 +172,11 @@ async def _complete(
     (DIGEST_INVALID) the session stays, so the client may try again."""
     backends = clients(request)
     data = b""
-    if request.body_exists:
-        length = request.content_length
-        if offset is None and length is not None and length <= INLINE_COMMIT_BYTES:
-            data = await _small_body(request)
-        else:
-            await _append(request, upload_id, offset)
-    await _begin_commit(request, digest, upload_id)
+    if _inline(request, offset):
+        data = await _small_body(request)
+    elif request.body_exists:
+        await _append(request, upload_id, offset)
+    await _begin_commit(request, name, digest, upload_id)
     blob = await call(
         backends.blob.CommitUpload(
             bl.CommitUploadRequest(upload_id=upload_id, digest=digest, data=data),
@@ -260,9 +270,12 @@ async def finish_upload(request: web.Request) -> web.Response:
         raise RegistryError(Reason.DIGEST_INVALID, "the digest query parameter is required")
     digest = params.digest(text)
     offset = _chunk_offset(request)
-    # No activity to record: the session ends here, or stays after a failed commit only
-    # for the client's immediate retry.
-    upload_id = await _session(request, name, touch=False)
+    upload_id = request.match_info["upload_id"]
+    if request.body_exists and not _inline(request, offset):
+        # Bytes are appended before the commit begins, so the session is confirmed first
+        # (otherwise BeginBlobCommit confirms it). No activity to record: the session
+        # ends here, or stays after a failed commit only for the client's immediate retry.
+        await _session(request, name, touch=False)
     return await _complete(request, name, upload_id, digest, offset)
 
 

@@ -372,6 +372,31 @@ async def test_delete_and_purge_repository(meta: Meta) -> None:
     )
 
 
+async def test_commit_of_a_session_is_begun_only_in_its_repository(meta: Meta) -> None:
+    created = await rpc.call(meta.md.CreateUpload(md.CreateUploadRequest(repository="p/own")))
+    digest = str(sha256_of(b"session bytes"))
+
+    def begin(repository: str, upload_id: str) -> Awaitable[Any]:
+        return meta.gc.BeginBlobCommit(
+            pb.BeginBlobCommitRequest(repository=repository, digest=digest, upload_id=upload_id)
+        )
+
+    for repository, upload_id in (("p/other", created.upload_id), ("p/own", "0" * 32)):
+        await expect(
+            Reason.BLOB_UPLOAD_UNKNOWN, grpc.StatusCode.NOT_FOUND, begin(repository, upload_id)
+        )
+    # A refused begin holds nothing off: GC may delete the digest.
+    task = await meta.orphan(digest)
+    decision = await rpc.call(meta.begin_deletion(task))
+    assert decision.delete
+    await rpc.call(meta.finish_deletion(task))
+
+    await rpc.call(begin("p/own", created.upload_id))
+    task = await meta.orphan(digest)
+    decision = await rpc.call(meta.begin_deletion(task))
+    assert (decision.delete, decision.kept_because) == (False, "commit in flight")
+
+
 async def test_expire_uploads(meta: Meta) -> None:
     ids = []
     for _ in range(3):

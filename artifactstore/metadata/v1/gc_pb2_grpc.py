@@ -182,7 +182,9 @@ class MetadataGcServiceServicer:
         `upload_id` is in flight, so that no deletion of the digest begins until LinkBlob
         (with that upload id) replaces the record with a link, or it expires after 30 minutes
         (past any commit's deadline). UNAVAILABLE while the digest is being deleted: its bytes
-        may be going, so retry shortly; the commit will then store them anew.
+        may be going, so retry shortly; the commit will then store them anew. With
+        `repository`, the session must be that repository's (BLOB_UPLOAD_UNKNOWN otherwise),
+        checked in the same transaction, so the gateway's closing PUT needs no GetUpload.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

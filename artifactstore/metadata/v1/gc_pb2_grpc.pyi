@@ -109,7 +109,9 @@ class MetadataGcServiceStub:
     `upload_id` is in flight, so that no deletion of the digest begins until LinkBlob
     (with that upload id) replaces the record with a link, or it expires after 30 minutes
     (past any commit's deadline). UNAVAILABLE while the digest is being deleted: its bytes
-    may be going, so retry shortly; the commit will then store them anew.
+    may be going, so retry shortly; the commit will then store them anew. With
+    `repository`, the session must be that repository's (BLOB_UPLOAD_UNKNOWN otherwise),
+    checked in the same transaction, so the gateway's closing PUT needs no GetUpload.
     """
     DeleteRepository: _grpc.UnaryUnaryMultiCallable[_gc_pb2.DeleteRepositoryRequest, _gc_pb2.DeleteRepositoryResponse]
     """Deletes a repository (an owner's action): at once, its name, tags, manifests and
@@ -185,7 +187,9 @@ class MetadataGcServiceAsyncStub(MetadataGcServiceStub):
     `upload_id` is in flight, so that no deletion of the digest begins until LinkBlob
     (with that upload id) replaces the record with a link, or it expires after 30 minutes
     (past any commit's deadline). UNAVAILABLE while the digest is being deleted: its bytes
-    may be going, so retry shortly; the commit will then store them anew.
+    may be going, so retry shortly; the commit will then store them anew. With
+    `repository`, the session must be that repository's (BLOB_UPLOAD_UNKNOWN otherwise),
+    checked in the same transaction, so the gateway's closing PUT needs no GetUpload.
     """
     DeleteRepository: _aio.UnaryUnaryMultiCallable[_gc_pb2.DeleteRepositoryRequest, _gc_pb2.DeleteRepositoryResponse]  # type: ignore[assignment]
     """Deletes a repository (an owner's action): at once, its name, tags, manifests and
@@ -312,7 +316,9 @@ class MetadataGcServiceServicer(metaclass=_abc_1.ABCMeta):
         `upload_id` is in flight, so that no deletion of the digest begins until LinkBlob
         (with that upload id) replaces the record with a link, or it expires after 30 minutes
         (past any commit's deadline). UNAVAILABLE while the digest is being deleted: its bytes
-        may be going, so retry shortly; the commit will then store them anew.
+        may be going, so retry shortly; the commit will then store them anew. With
+        `repository`, the session must be that repository's (BLOB_UPLOAD_UNKNOWN otherwise),
+        checked in the same transaction, so the gateway's closing PUT needs no GetUpload.
         """
 
     @_abc_1.abstractmethod
