@@ -36,6 +36,10 @@ class Metric:
     name: str  # e.g. "c=16 p99"
     unit: str  # "MiB/s", "req/s", "ms", "s", "MiB"
     higher_is_better: bool
+    # An absolute goal in `unit` instead of the ratio: Artifact Store's median must stay
+    # under it (the mesh's memory, which the issue bounds at 300 MiB rather than by
+    # Distribution's single process).
+    ceiling: float | None = None
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,16 @@ class Row:
     @property
     def wins(self) -> bool:
         """Whether Artifact Store meets the goal on this row."""
+        if self.metric.ceiling is not None:
+            return self.series[CANDIDATE].median < self.metric.ceiling
         return self.ratio >= 1 if self.metric.higher_is_better else self.ratio <= 1
+
+    @property
+    def goal(self) -> str:
+        """The goal as the table states it: a ratio of 1 or the absolute ceiling."""
+        if self.metric.ceiling is not None:
+            return f"< {_number(self.metric.ceiling)} {self.metric.unit}"
+        return "≥ 1x" if self.metric.higher_is_better else "≤ 1x"
 
 
 def collect(records: Iterable[tuple[str, Result]]) -> list[Row]:
@@ -126,7 +135,7 @@ def table(rows: list[Row]) -> str:
         ratio, verdict = ("-", "")
         if row.complete:
             ratio = f"{row.ratio:.2f}x"
-            verdict = "win" if row.wins else "**lose**"
+            verdict = f"{row.goal}: " + ("win" if row.wins else "**lose**")
         lines.append(
             f"| {m.scenario} | {m.name} ({m.unit} {arrow}) | "
             f"{_cell(row.series.get(BASELINE))} | {_cell(row.series.get(CANDIDATE))} | "
@@ -182,6 +191,7 @@ def json_lines(rows: list[Row], run: Mapping[str, Any]) -> list[str]:
             doc[target] = series.summary()
         if row.complete:
             doc["ratio"] = round(row.ratio, 3)
+            doc["goal"] = row.goal
             doc["wins"] = row.wins
         out.append(json.dumps(doc))
     return out

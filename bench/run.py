@@ -3,9 +3,11 @@ scenarios against each in alternation for several rounds, print the figures.
 
 In every round each scenario runs against one registry, then the other; the order flips
 every round (A B, B A, …) so neither always goes first. Scenario 10, peak memory, is
-the largest summed RSS of each registry's processes during a round (the supervisor and
+the largest summed PSS of each registry's processes during a round (the supervisor and
 every child of `artifact-store serve`; the one `docker-registry` process), sampled by a
-thread every 50 ms.
+thread every 50 ms; its goal is the issue's absolute 300 MiB for the whole mesh. The
+summed RSS, which counts the pages the forked services share once per process, is
+printed beside it but is not a row.
 
 The client (this process, aiohttp on uvloop) shares the machine's cores with the
 servers; the CPU table shows how much of them it used.
@@ -48,11 +50,13 @@ from bench.servers import (
 from bench.system import MemorySampler, machine
 
 MEMORY_SCENARIO = 10
-MEMORY = Metric(
-    f"{MEMORY_SCENARIO}.rss", f"{MEMORY_SCENARIO} peak resident memory", "peak RSS", "MiB", False
-)
 MEMORY_PSS = Metric(
-    f"{MEMORY_SCENARIO}.pss", f"{MEMORY_SCENARIO} peak resident memory", "peak PSS", "MiB", False
+    f"{MEMORY_SCENARIO}.pss",
+    f"{MEMORY_SCENARIO} peak resident memory",
+    "peak PSS",
+    "MiB",
+    False,
+    ceiling=300,
 )
 # Other work on the machine above this many cores (median) makes the figures suspect.
 BUSY_CORES = 0.2
@@ -209,7 +213,6 @@ async def run_rounds(
             for target in targets:
                 peak = sampler.peak(target.key) / MIB
                 peak_pss = sampler.peak_pss(target.key) / MIB
-                records.append((target.key, Result(MEMORY, peak)))
                 records.append((target.key, Result(MEMORY_PSS, peak_pss)))
                 _progress(
                     f"[{round_ + 1}/{options.rounds}] peak RSS · {target.key}: {peak:.0f} MiB,"

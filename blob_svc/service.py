@@ -89,7 +89,7 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         sizes = await self._store.stat_many(digests)
         return blob_pb2.StatBlobsResponse(
             blobs=[
-                blob_pb2.BlobInfo(digest=str(d), size=size)
+                blob_pb2.BlobInfo(digest=str(d), size=size, path=self._store.local_path(d))
                 for d, size in zip(digests, sizes, strict=True)
                 if size is not None
             ]

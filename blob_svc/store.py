@@ -422,6 +422,11 @@ class BlobStore:
             return None
         return self._objects.presign_get(paths.blob_data(self._root, digest), expires_seconds)
 
+    def local_path(self, digest: Digest) -> str:
+        """The absolute path blob `digest`'s data file has when the storage is a local
+        filesystem (whether or not the blob is stored); empty on object storage."""
+        return paths.blob_data(self._local_root, digest) if self._local else ""
+
     async def locate(self, digest: Digest) -> tuple[str, int]:
         """The absolute path of the local file holding blob `digest`, and its size, for a
         reader on this host to send without copying; BLOB_UNKNOWN if there is none,
@@ -429,7 +434,7 @@ class BlobStore:
         if not self._local:
             raise RegistryError(Reason.UNSUPPORTED, "blobs are not stored on a local filesystem")
         size = await self.stat(digest)
-        return paths.blob_data(self._local_root, digest), size
+        return self.local_path(digest), size
 
     async def abort_stale_multipart_uploads(self, older_than: timedelta) -> int:
         """Abort the multipart uploads of the storage begun more than `older_than` ago

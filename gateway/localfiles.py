@@ -2,10 +2,14 @@
 copies the bytes from the page cache to the client's socket (sendfile), instead of blob_svc
 reading them and both processes passing them through gRPC, protobuf and Python.
 
-blob_svc says where a blob's file is (LocateBlob); the answer is cached per digest, as a
-blob's content never changes. GC may delete the file afterwards: the open that fails then
-drops the answer and the caller streams the blob from blob_svc, which gives its usual
-answer. Once open, the file is sent whole even if GC unlinks it meanwhile.
+blob_svc says where a blob's file is (LocateBlob, and StatBlobs with each answer); the
+answer is cached per digest, as a blob's content never changes. GC may delete the file
+afterwards: the open that fails then drops the answer and the caller streams the blob from
+blob_svc, which gives its usual answer. Once open, the file is sent whole even if GC
+unlinks it meanwhile.
+
+The same answers let a manifest PUT check that the bytes of blobs it has seen before are
+still stored with one stat() each, exactly as blob_svc's StatBlobs would, instead of a call.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import asyncio
 import os
 import select
 import socket
+import stat
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -66,6 +71,30 @@ class BlobFiles:
             return None
         return fd
 
+    def stored(self, digests: list[str]) -> set[str]:
+        """Those of `digests` whose file is known and is on disk now; an answer whose file
+        is gone is dropped, so that blob_svc is asked again."""
+        found = set()
+        for digest in digests:
+            path = self._paths.get(digest)
+            if path is None:
+                continue
+            try:
+                is_file = stat.S_ISREG(os.stat(path).st_mode)
+            except OSError:
+                is_file = False
+            if is_file:
+                found.add(digest)
+            else:
+                self._paths.pop(digest, None)
+        return found
+
+    def remember(self, digest: str, path: str) -> None:
+        """Keep where blob_svc says blob `digest`'s file is."""
+        if len(self._paths) >= MAX_LOCATIONS:
+            self._paths.clear()
+        self._paths[digest] = path
+
     async def _locate(self, backends: Clients, digest: str) -> str | None:
         try:
             reply = await call(backends.blob.LocateBlob(bl.LocateBlobRequest(digest=digest)))
@@ -76,9 +105,7 @@ class BlobFiles:
             # A blob_svc without LocateBlob; any other failure, streaming meets too.
             self._remote = err.code() == grpc.StatusCode.UNIMPLEMENTED
             return None
-        if len(self._paths) >= MAX_LOCATIONS:
-            self._paths.clear()
-        self._paths[digest] = reply.path
+        self.remember(digest, reply.path)
         return reply.path
 
 

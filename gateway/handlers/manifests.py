@@ -16,7 +16,7 @@ from artifactstore.rpc import call
 from gateway import audit, params
 from gateway.auth import identity
 from gateway.bodies import read_manifest
-from gateway.keys import clients
+from gateway.keys import blob_files, clients
 from gateway.responses import CONTENT_DIGEST, OCI_SUBJECT
 
 # Digests per StatBlobs call (blob_svc's limit).
@@ -81,18 +81,27 @@ async def _check_bytes_stored(request: web.Request, content: bytes, content_type
     the repository's links; see metadata_svc/gc.py); this catches bytes lost from storage
     underneath, before a manifest that cannot be pulled is stored. A body that does not
     parse is left for metadata_svc to refuse with the precise error.
+
+    Blobs whose local file an earlier answer named are checked here with a stat() of it
+    (`BlobFiles.stored`), the same check blob_svc makes, without the call.
     """
     try:
         parsed = parse(content, content_type)
     except RegistryError:
         return
     digests = sorted({str(b.digest) for b in parsed.required_blobs()})
+    files = blob_files(request)
+    stored = files.stored(digests)
+    unknown = [d for d in digests if d not in stored]
     blob = clients(request).blob
-    batches = [digests[i : i + STAT_BATCH] for i in range(0, len(digests), STAT_BATCH)]
+    batches = [unknown[i : i + STAT_BATCH] for i in range(0, len(unknown), STAT_BATCH)]
     replies = await asyncio.gather(
         *(call(blob.StatBlobs(bl.StatBlobsRequest(digests=batch))) for batch in batches)
     )
-    stored = {info.digest for reply in replies for info in reply.blobs}
+    for info in (info for reply in replies for info in reply.blobs):
+        stored.add(info.digest)
+        if info.path:
+            files.remember(info.digest, info.path)
     for digest in digests:
         if digest not in stored:
             raise RegistryError(

@@ -1121,3 +1121,29 @@ def test_blob_lost_from_storage_is_not_served(start_registry, unique_repo):
     lost = registry.request("GET", url)
     assert lost.status == 404, lost.status
     assert lost.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+
+
+def test_manifest_over_a_blob_lost_from_storage_is_refused(start_registry, unique_repo):
+    """A manifest PUT again after one of its layers' files vanished underneath: 400
+    MANIFEST_BLOB_UNKNOWN naming the layer, and no tag, although the gateway had seen
+    that layer stored when the first PUT was accepted."""
+    registry = start_registry()
+    repo = unique_repo()
+    image = build_image(24, layers=2, files_per_layer=1, file_size=1024)
+    registry.push_image(repo, image, "v1")
+    layer = image.layers[1].digest
+    hexdigest = layer.removeprefix("sha256:")
+    blobs = registry.data_dir / "storage" / "blobs" / "sha256"
+    (blobs / hexdigest[:2] / hexdigest / "data").unlink()
+    r = registry.request(
+        "PUT",
+        f"/v2/{repo}/manifests/v2",
+        body=image.manifest.data,
+        headers={"Content-Type": image.manifest.media_type},
+    )
+    assert r.status == 400, (r.status, r.body)
+    error = r.json()["errors"][0]
+    assert error["code"] == "MANIFEST_BLOB_UNKNOWN"
+    assert layer in error["message"]
+    tags = registry.request("GET", f"/v2/{repo}/tags/list").json()["tags"]
+    assert tags == ["v1"]

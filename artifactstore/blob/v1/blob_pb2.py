@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n artifactstore/blob/v1/blob.proto\x12\x15\x61rtifactstore.blob.v1\"\'\n\x12StartUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"A\n\x0cUploadHeader\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x13\n\x06offset\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_offset\"c\n\x12WriteUploadRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.artifactstore.blob.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0cUploadStatus\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"+\n\x16GetUploadStatusRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"F\n\x13\x43ommitUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"(\n\x13\x43\x61ncelUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\")\n\x14\x43\x61ncelUploadResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"(\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"#\n\x10StatBlobsRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\t\"C\n\x11StatBlobsResponse\x12.\n\x05\x62lobs\x18\x01 \x03(\x0b\x32\x1f.artifactstore.blob.v1.BlobInfo\"A\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\" \n\x10ReadBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"#\n\x11\x44\x65leteBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"3\n\x12\x44\x65leteBlobResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x03\"0\n\x10ListBlobsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"?\n\nStoredBlob\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x03 \x01(\x01\"S\n\x11ListBlobsResponse\x12\x30\n\x05\x62lobs\x18\x01 \x03(\x0b\x32!.artifactstore.blob.v1.StoredBlob\x12\x0c\n\x04more\x18\x02 \x01(\x08\"2\n\x12ListUploadsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x0cStoredUpload\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x03 \x01(\x01\"Y\n\x13ListUploadsResponse\x12\x34\n\x07uploads\x18\x01 \x03(\x0b\x32#.artifactstore.blob.v1.StoredUpload\x12\x0c\n\x04more\x18\x02 \x01(\x08\"#\n\x11LocateBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"*\n\x0c\x42lobLocation\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"=\n\x12PresignBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_seconds\x18\x02 \x01(\x05\"\"\n\x13PresignBlobResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"?\n!AbortStaleMultipartUploadsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\"5\n\"AbortStaleMultipartUploadsResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x03\x32\x8e\x0b\n\x0b\x42lobService\x12]\n\x0bStartUpload\x12).artifactstore.blob.v1.StartUploadRequest\x1a#.artifactstore.blob.v1.UploadStatus\x12_\n\x0bWriteUpload\x12).artifactstore.blob.v1.WriteUploadRequest\x1a#.artifactstore.blob.v1.UploadStatus(\x01\x12\x65\n\x0fGetUploadStatus\x12-.artifactstore.blob.v1.GetUploadStatusRequest\x1a#.artifactstore.blob.v1.UploadStatus\x12[\n\x0c\x43ommitUpload\x12*.artifactstore.blob.v1.CommitUploadRequest\x1a\x1f.artifactstore.blob.v1.BlobInfo\x12g\n\x0c\x43\x61ncelUpload\x12*.artifactstore.blob.v1.CancelUploadRequest\x1a+.artifactstore.blob.v1.CancelUploadResponse\x12S\n\x08StatBlob\x12&.artifactstore.blob.v1.StatBlobRequest\x1a\x1f.artifactstore.blob.v1.BlobInfo\x12^\n\tStatBlobs\x12\'.artifactstore.blob.v1.StatBlobsRequest\x1a(.artifactstore.blob.v1.StatBlobsResponse\x12]\n\x08ReadBlob\x12&.artifactstore.blob.v1.ReadBlobRequest\x1a\'.artifactstore.blob.v1.ReadBlobResponse0\x01\x12\x61\n\nDeleteBlob\x12(.artifactstore.blob.v1.DeleteBlobRequest\x1a).artifactstore.blob.v1.DeleteBlobResponse\x12^\n\tListBlobs\x12\'.artifactstore.blob.v1.ListBlobsRequest\x1a(.artifactstore.blob.v1.ListBlobsResponse\x12\x64\n\x0bListUploads\x12).artifactstore.blob.v1.ListUploadsRequest\x1a*.artifactstore.blob.v1.ListUploadsResponse\x12\x64\n\x0bPresignBlob\x12).artifactstore.blob.v1.PresignBlobRequest\x1a*.artifactstore.blob.v1.PresignBlobResponse\x12[\n\nLocateBlob\x12(.artifactstore.blob.v1.LocateBlobRequest\x1a#.artifactstore.blob.v1.BlobLocation\x12\x91\x01\n\x1a\x41\x62ortStaleMultipartUploads\x12\x38.artifactstore.blob.v1.AbortStaleMultipartUploadsRequest\x1a\x39.artifactstore.blob.v1.AbortStaleMultipartUploadsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n artifactstore/blob/v1/blob.proto\x12\x15\x61rtifactstore.blob.v1\"\'\n\x12StartUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"A\n\x0cUploadHeader\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x13\n\x06offset\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\t\n\x07_offset\"c\n\x12WriteUploadRequest\x12\x35\n\x06header\x18\x01 \x01(\x0b\x32#.artifactstore.blob.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\x0cUploadStatus\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"+\n\x16GetUploadStatusRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\"F\n\x13\x43ommitUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"(\n\x13\x43\x61ncelUploadRequest\x12\x11\n\tupload_id\x18\x01 \x01(\t\")\n\x14\x43\x61ncelUploadResponse\x12\x11\n\tcancelled\x18\x01 \x01(\x08\"6\n\x08\x42lobInfo\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04path\x18\x03 \x01(\t\"!\n\x0fStatBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"#\n\x10StatBlobsRequest\x12\x0f\n\x07\x64igests\x18\x01 \x03(\t\"C\n\x11StatBlobsResponse\x12.\n\x05\x62lobs\x18\x01 \x03(\x0b\x32\x1f.artifactstore.blob.v1.BlobInfo\"A\n\x0fReadBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0e\n\x06length\x18\x03 \x01(\x03\" \n\x10ReadBlobResponse\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"#\n\x11\x44\x65leteBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"3\n\x12\x44\x65leteBlobResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x08\x12\x0c\n\x04size\x18\x02 \x01(\x03\"0\n\x10ListBlobsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"?\n\nStoredBlob\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x03 \x01(\x01\"S\n\x11ListBlobsResponse\x12\x30\n\x05\x62lobs\x18\x01 \x03(\x0b\x32!.artifactstore.blob.v1.StoredBlob\x12\x0c\n\x04more\x18\x02 \x01(\x08\"2\n\x12ListUploadsRequest\x12\r\n\x05\x61\x66ter\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\x05\"D\n\x0cStoredUpload\x12\x11\n\tupload_id\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x13\n\x0bmodified_at\x18\x03 \x01(\x01\"Y\n\x13ListUploadsResponse\x12\x34\n\x07uploads\x18\x01 \x03(\x0b\x32#.artifactstore.blob.v1.StoredUpload\x12\x0c\n\x04more\x18\x02 \x01(\x08\"#\n\x11LocateBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"*\n\x0c\x42lobLocation\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"=\n\x12PresignBlobRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x17\n\x0f\x65xpires_seconds\x18\x02 \x01(\x05\"\"\n\x13PresignBlobResponse\x12\x0b\n\x03url\x18\x01 \x01(\t\"?\n!AbortStaleMultipartUploadsRequest\x12\x1a\n\x12older_than_seconds\x18\x01 \x01(\x01\"5\n\"AbortStaleMultipartUploadsResponse\x12\x0f\n\x07\x61\x62orted\x18\x01 \x01(\x03\x32\x8e\x0b\n\x0b\x42lobService\x12]\n\x0bStartUpload\x12).artifactstore.blob.v1.StartUploadRequest\x1a#.artifactstore.blob.v1.UploadStatus\x12_\n\x0bWriteUpload\x12).artifactstore.blob.v1.WriteUploadRequest\x1a#.artifactstore.blob.v1.UploadStatus(\x01\x12\x65\n\x0fGetUploadStatus\x12-.artifactstore.blob.v1.GetUploadStatusRequest\x1a#.artifactstore.blob.v1.UploadStatus\x12[\n\x0c\x43ommitUpload\x12*.artifactstore.blob.v1.CommitUploadRequest\x1a\x1f.artifactstore.blob.v1.BlobInfo\x12g\n\x0c\x43\x61ncelUpload\x12*.artifactstore.blob.v1.CancelUploadRequest\x1a+.artifactstore.blob.v1.CancelUploadResponse\x12S\n\x08StatBlob\x12&.artifactstore.blob.v1.StatBlobRequest\x1a\x1f.artifactstore.blob.v1.BlobInfo\x12^\n\tStatBlobs\x12\'.artifactstore.blob.v1.StatBlobsRequest\x1a(.artifactstore.blob.v1.StatBlobsResponse\x12]\n\x08ReadBlob\x12&.artifactstore.blob.v1.ReadBlobRequest\x1a\'.artifactstore.blob.v1.ReadBlobResponse0\x01\x12\x61\n\nDeleteBlob\x12(.artifactstore.blob.v1.DeleteBlobRequest\x1a).artifactstore.blob.v1.DeleteBlobResponse\x12^\n\tListBlobs\x12\'.artifactstore.blob.v1.ListBlobsRequest\x1a(.artifactstore.blob.v1.ListBlobsResponse\x12\x64\n\x0bListUploads\x12).artifactstore.blob.v1.ListUploadsRequest\x1a*.artifactstore.blob.v1.ListUploadsResponse\x12\x64\n\x0bPresignBlob\x12).artifactstore.blob.v1.PresignBlobRequest\x1a*.artifactstore.blob.v1.PresignBlobResponse\x12[\n\nLocateBlob\x12(.artifactstore.blob.v1.LocateBlobRequest\x1a#.artifactstore.blob.v1.BlobLocation\x12\x91\x01\n\x1a\x41\x62ortStaleMultipartUploads\x12\x38.artifactstore.blob.v1.AbortStaleMultipartUploadsRequest\x1a\x39.artifactstore.blob.v1.AbortStaleMultipartUploadsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,45 +48,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CANCELUPLOADRESPONSE']._serialized_start=476
   _globals['_CANCELUPLOADRESPONSE']._serialized_end=517
   _globals['_BLOBINFO']._serialized_start=519
-  _globals['_BLOBINFO']._serialized_end=559
-  _globals['_STATBLOBREQUEST']._serialized_start=561
-  _globals['_STATBLOBREQUEST']._serialized_end=594
-  _globals['_STATBLOBSREQUEST']._serialized_start=596
-  _globals['_STATBLOBSREQUEST']._serialized_end=631
-  _globals['_STATBLOBSRESPONSE']._serialized_start=633
-  _globals['_STATBLOBSRESPONSE']._serialized_end=700
-  _globals['_READBLOBREQUEST']._serialized_start=702
-  _globals['_READBLOBREQUEST']._serialized_end=767
-  _globals['_READBLOBRESPONSE']._serialized_start=769
-  _globals['_READBLOBRESPONSE']._serialized_end=801
-  _globals['_DELETEBLOBREQUEST']._serialized_start=803
-  _globals['_DELETEBLOBREQUEST']._serialized_end=838
-  _globals['_DELETEBLOBRESPONSE']._serialized_start=840
-  _globals['_DELETEBLOBRESPONSE']._serialized_end=891
-  _globals['_LISTBLOBSREQUEST']._serialized_start=893
-  _globals['_LISTBLOBSREQUEST']._serialized_end=941
-  _globals['_STOREDBLOB']._serialized_start=943
-  _globals['_STOREDBLOB']._serialized_end=1006
-  _globals['_LISTBLOBSRESPONSE']._serialized_start=1008
-  _globals['_LISTBLOBSRESPONSE']._serialized_end=1091
-  _globals['_LISTUPLOADSREQUEST']._serialized_start=1093
-  _globals['_LISTUPLOADSREQUEST']._serialized_end=1143
-  _globals['_STOREDUPLOAD']._serialized_start=1145
-  _globals['_STOREDUPLOAD']._serialized_end=1213
-  _globals['_LISTUPLOADSRESPONSE']._serialized_start=1215
-  _globals['_LISTUPLOADSRESPONSE']._serialized_end=1304
-  _globals['_LOCATEBLOBREQUEST']._serialized_start=1306
-  _globals['_LOCATEBLOBREQUEST']._serialized_end=1341
-  _globals['_BLOBLOCATION']._serialized_start=1343
-  _globals['_BLOBLOCATION']._serialized_end=1385
-  _globals['_PRESIGNBLOBREQUEST']._serialized_start=1387
-  _globals['_PRESIGNBLOBREQUEST']._serialized_end=1448
-  _globals['_PRESIGNBLOBRESPONSE']._serialized_start=1450
-  _globals['_PRESIGNBLOBRESPONSE']._serialized_end=1484
-  _globals['_ABORTSTALEMULTIPARTUPLOADSREQUEST']._serialized_start=1486
-  _globals['_ABORTSTALEMULTIPARTUPLOADSREQUEST']._serialized_end=1549
-  _globals['_ABORTSTALEMULTIPARTUPLOADSRESPONSE']._serialized_start=1551
-  _globals['_ABORTSTALEMULTIPARTUPLOADSRESPONSE']._serialized_end=1604
-  _globals['_BLOBSERVICE']._serialized_start=1607
-  _globals['_BLOBSERVICE']._serialized_end=3029
+  _globals['_BLOBINFO']._serialized_end=573
+  _globals['_STATBLOBREQUEST']._serialized_start=575
+  _globals['_STATBLOBREQUEST']._serialized_end=608
+  _globals['_STATBLOBSREQUEST']._serialized_start=610
+  _globals['_STATBLOBSREQUEST']._serialized_end=645
+  _globals['_STATBLOBSRESPONSE']._serialized_start=647
+  _globals['_STATBLOBSRESPONSE']._serialized_end=714
+  _globals['_READBLOBREQUEST']._serialized_start=716
+  _globals['_READBLOBREQUEST']._serialized_end=781
+  _globals['_READBLOBRESPONSE']._serialized_start=783
+  _globals['_READBLOBRESPONSE']._serialized_end=815
+  _globals['_DELETEBLOBREQUEST']._serialized_start=817
+  _globals['_DELETEBLOBREQUEST']._serialized_end=852
+  _globals['_DELETEBLOBRESPONSE']._serialized_start=854
+  _globals['_DELETEBLOBRESPONSE']._serialized_end=905
+  _globals['_LISTBLOBSREQUEST']._serialized_start=907
+  _globals['_LISTBLOBSREQUEST']._serialized_end=955
+  _globals['_STOREDBLOB']._serialized_start=957
+  _globals['_STOREDBLOB']._serialized_end=1020
+  _globals['_LISTBLOBSRESPONSE']._serialized_start=1022
+  _globals['_LISTBLOBSRESPONSE']._serialized_end=1105
+  _globals['_LISTUPLOADSREQUEST']._serialized_start=1107
+  _globals['_LISTUPLOADSREQUEST']._serialized_end=1157
+  _globals['_STOREDUPLOAD']._serialized_start=1159
+  _globals['_STOREDUPLOAD']._serialized_end=1227
+  _globals['_LISTUPLOADSRESPONSE']._serialized_start=1229
+  _globals['_LISTUPLOADSRESPONSE']._serialized_end=1318
+  _globals['_LOCATEBLOBREQUEST']._serialized_start=1320
+  _globals['_LOCATEBLOBREQUEST']._serialized_end=1355
+  _globals['_BLOBLOCATION']._serialized_start=1357
+  _globals['_BLOBLOCATION']._serialized_end=1399
+  _globals['_PRESIGNBLOBREQUEST']._serialized_start=1401
+  _globals['_PRESIGNBLOBREQUEST']._serialized_end=1462
+  _globals['_PRESIGNBLOBRESPONSE']._serialized_start=1464
+  _globals['_PRESIGNBLOBRESPONSE']._serialized_end=1498
+  _globals['_ABORTSTALEMULTIPARTUPLOADSREQUEST']._serialized_start=1500
+  _globals['_ABORTSTALEMULTIPARTUPLOADSREQUEST']._serialized_end=1563
+  _globals['_ABORTSTALEMULTIPARTUPLOADSRESPONSE']._serialized_start=1565
+  _globals['_ABORTSTALEMULTIPARTUPLOADSRESPONSE']._serialized_end=1618
+  _globals['_BLOBSERVICE']._serialized_start=1621
+  _globals['_BLOBSERVICE']._serialized_end=3043
 # @@protoc_insertion_point(module_scope)

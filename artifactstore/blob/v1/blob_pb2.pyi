@@ -215,17 +215,24 @@ class BlobInfo(_message.Message):
 
     DIGEST_FIELD_NUMBER: _builtins.int
     SIZE_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
     digest: _builtins.str
     size: _builtins.int
+    path: _builtins.str
+    """In StatBlobs' answer, when blob_svc keeps the blob on a local filesystem: the absolute
+    path of its data file (as LocateBlob gives it), so that a reader on this host can
+    check it again without a call. Empty on object storage and in other answers.
+    """
     def __init__(
         self,
         *,
         digest: _builtins.str = ...,
         size: _builtins.int = ...,
+        path: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "size", b"size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "path", b"path", "size", b"size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

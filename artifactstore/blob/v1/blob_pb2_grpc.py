@@ -162,6 +162,7 @@ class BlobServiceServicer:
         """Sizes of several canonical blobs at once (1-1,000 digests), for a manifest's blobs:
         the blobs stored, in the order asked; absent ones are left out. INVALID_ARGUMENT /
         DIGEST_INVALID for a malformed digest, PAGINATION_INVALID for a count out of range.
+        On a local filesystem each answer carries the blob's path too.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

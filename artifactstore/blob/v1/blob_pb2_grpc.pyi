@@ -67,6 +67,7 @@ class BlobServiceStub:
     """Sizes of several canonical blobs at once (1-1,000 digests), for a manifest's blobs:
     the blobs stored, in the order asked; absent ones are left out. INVALID_ARGUMENT /
     DIGEST_INVALID for a malformed digest, PAGINATION_INVALID for a count out of range.
+    On a local filesystem each answer carries the blob's path too.
     """
     ReadBlob: _grpc.UnaryStreamMultiCallable[_blob_pb2.ReadBlobRequest, _blob_pb2.ReadBlobResponse]
     """Streams a canonical blob, or the byte range [offset, offset+length) of it, in chunks
@@ -136,6 +137,7 @@ class BlobServiceAsyncStub(BlobServiceStub):
     """Sizes of several canonical blobs at once (1-1,000 digests), for a manifest's blobs:
     the blobs stored, in the order asked; absent ones are left out. INVALID_ARGUMENT /
     DIGEST_INVALID for a malformed digest, PAGINATION_INVALID for a count out of range.
+    On a local filesystem each answer carries the blob's path too.
     """
     ReadBlob: _aio.UnaryStreamMultiCallable[_blob_pb2.ReadBlobRequest, _blob_pb2.ReadBlobResponse]  # type: ignore[assignment]
     """Streams a canonical blob, or the byte range [offset, offset+length) of it, in chunks
@@ -244,6 +246,7 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Sizes of several canonical blobs at once (1-1,000 digests), for a manifest's blobs:
         the blobs stored, in the order asked; absent ones are left out. INVALID_ARGUMENT /
         DIGEST_INVALID for a malformed digest, PAGINATION_INVALID for a count out of range.
+        On a local filesystem each answer carries the blob's path too.
         """
 
     @_abc_1.abstractmethod
