@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import contextvars
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
@@ -360,10 +361,11 @@ class Database(abc.ABC):
     retry_seconds: float = MAX_TRANSACTION_SECONDS
     # The `db.system.name` of the backend, for traces.
     system: str = "kv"
-    # Whether `read()` may run on the event loop: true for a backend whose reads never
-    # wait on others (no network, no locks held across calls), where the thread hop
-    # costs more than the read itself.
-    reads_inline: bool = False
+    # Whether `run()` and `read()` call `fn` on the event loop: true for a backend whose
+    # reads never wait on others (no network, no locks held across calls), where the
+    # thread hop costs more than the reads themselves. Such a backend's `run()` still
+    # commits off the loop.
+    runs_inline: bool = False
 
     def __init__(self, *, threads: int = 16) -> None:
         # Runs `run()`'s blocking transactions off the asyncio event loop.
@@ -388,34 +390,43 @@ class Database(abc.ABC):
         any other exception propagate at once.
         """
         tr = self.create_transaction()
+        with self._attempts(tr) as may_retry:
+            while True:
+                try:
+                    result = fn(tr)
+                    tr.commit()
+                    return result
+                except KVError as err:
+                    may_retry(err)
+                    tr.on_error(err)  # re-raises `err` if it is not retryable
+
+    @contextlib.contextmanager
+    def _attempts(self, tr: Transaction) -> Iterator[Callable[[KVError], None]]:
+        """The span, timing and retry budget of one transaction's attempts: yields the
+        check to make on each error, which re-raises it once the budget is spent."""
         started = time.monotonic()
         deadline = started + self.retry_seconds
-        retries = 0
         with _tracer.start_as_current_span(
             "kv.transaction",
             kind=trace.SpanKind.CLIENT,
             attributes={"db.system.name": self.system},
         ) as span:
+
+            def may_retry(err: KVError) -> None:
+                span.add_event("retry", {"error.code": err.code})
+                if isinstance(err, NotCommitted):
+                    span.set_attribute("db.kv.conflict", True)
+                    CONFLICTS.labels(self.system).inc()
+                if tr.stats.retries >= self.retry_limit or time.monotonic() >= deadline:
+                    raise err
+
             try:
-                while True:
-                    try:
-                        result = fn(tr)
-                        tr.commit()
-                        return result
-                    except KVError as err:
-                        span.add_event("retry", {"error.code": err.code})
-                        if isinstance(err, NotCommitted):
-                            span.set_attribute("db.kv.conflict", True)
-                            CONFLICTS.labels(self.system).inc()
-                        if retries >= self.retry_limit or time.monotonic() >= deadline:
-                            raise
-                        tr.on_error(err)  # re-raises `err` if it is not retryable
-                        retries += 1
+                yield may_retry
             finally:
                 TRANSACTION_SECONDS.labels(self.system).observe(time.monotonic() - started)
                 span.set_attributes(
                     {
-                        "db.kv.retries": retries,
+                        "db.kv.retries": tr.stats.retries,
                         "db.kv.keys_read": tr.stats.keys_read,
                         "db.kv.keys_written": tr.stats.keys_written,
                         "db.kv.bytes_written": tr.stats.bytes_written,
@@ -424,7 +435,8 @@ class Database(abc.ABC):
                 tr.cancel()
 
     async def run(self, fn: Callable[[Transaction], T]) -> T:
-        """`transact(fn)` on the database's thread pool, for asyncio callers.
+        """`transact(fn)` on the database's thread pool, for asyncio callers (a backend
+        that `runs_inline` calls `fn` on the loop instead and awaits its commit).
 
         Cancelling the awaiting task does not stop a transaction that has begun.
         """
@@ -435,7 +447,7 @@ class Database(abc.ABC):
 
     async def read(self, fn: Callable[[Transaction], T]) -> T:
         """`run(fn)` for an `fn` that only reads; on the event loop itself where the
-        backend's `reads_inline` allows. An `fn` that writes fails before its commit."""
+        backend's `runs_inline` allows. An `fn` that writes fails before its commit."""
 
         def only_reads(tr: Transaction) -> T:
             result = fn(tr)
@@ -443,7 +455,7 @@ class Database(abc.ABC):
                 raise RuntimeError("a transaction run by read() wrote")
             return result
 
-        if self.reads_inline:
+        if self.runs_inline:
             return self.transact(only_reads)
         return await self.run(only_reads)
 

@@ -12,11 +12,19 @@ It mirrors FoundationDB so that code that works here works on a cluster:
   wait for writers. All of the transaction's reads use that snapshot.
 * Optimistic concurrency, like FDB's resolver: reads record read-conflict
   ranges (unless snapshot=True), mutations are buffered with their
-  write-conflict ranges. `commit()` takes the process-wide commit lock, checks
-  the read conflicts against the write conflicts of every transaction committed
-  after its read version (a history kept for MAX_TRANSACTION_SECONDS), raises
-  NotCommitted on an overlap, and otherwise applies all mutations in one SQLite
-  write transaction.
+  write-conflict ranges. `commit()` hands them to the one writer thread, which
+  checks the read conflicts against the write conflicts of every transaction
+  committed after the read version (a history kept for MAX_TRANSACTION_SECONDS)
+  and raises NotCommitted on an overlap.
+* Group commit, like FDB's commit proxies: the writer applies the commits that
+  queued up meanwhile, each checked against those before it, in one SQLite
+  write transaction with one WAL sync, and only then answers each. Every
+  commit still has its own version and is durable when commit() returns.
+* `run()` calls the transaction's function on the event loop (its reads are
+  page lookups that never wait) and awaits the writer: no thread pool, whose
+  hops and GIL hand-overs cost more than the transactions themselves (with
+  group commit, metadata_svc's CPU per manifest PUT at 8 in flight went from
+  about 3.5 to 2.5 ms on two cores).
 * FoundationDB's limits on key, value and transaction size and on transaction
   age are enforced with FDB's errors.
 * One process only: an exclusive lock on `<file>.lock` stops a second process
@@ -25,9 +33,11 @@ It mirrors FoundationDB so that code that works here works on a cluster:
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import fcntl
 import os
+import queue
 import random
 import sqlite3
 import threading
@@ -35,10 +45,11 @@ import time
 from bisect import bisect_left, bisect_right, insort
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from operator import itemgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import fdb.subspace_impl
 
@@ -71,6 +82,11 @@ _RANGE_SQL = {
     True: "SELECT k, v FROM kv WHERE k >= ? AND k < ? ORDER BY k DESC LIMIT ?",
 }
 _NO_LIMIT = -1  # SQLite's LIMIT -1 means no limit.
+
+# Commits applied in one SQLite transaction at most: bounds how long the first waits.
+MAX_BATCH = 64
+
+T = TypeVar("T")
 
 # on_error backoff: full jitter, doubling from 1 ms to at most 100 ms.
 _MIN_BACKOFF = 0.001
@@ -125,6 +141,18 @@ class _Commit:
     version: int
     time: float
     writes: _ConflictSet
+
+
+@dataclass(frozen=True, slots=True)
+class _Pending:
+    """A commit waiting for the writer thread."""
+
+    read_version: int | None
+    reads: _ConflictSet
+    writes: _ConflictSet
+    cleared: list[tuple[bytes, bytes]]
+    mutations: dict[bytes, _Mutation]
+    done: Future[None]
 
 
 class _State(enum.Enum):
@@ -335,26 +363,46 @@ class EmbeddedTransaction(Transaction):
 
     def commit(self) -> None:
         """See Transaction.commit; raises NotCommitted on a conflict."""
+        self.submit().result()
+
+    def submit(self) -> Future[None]:
+        """Start the commit: a future that the writer thread completes once the
+        transaction is durable (or fails with the KVError commit() would raise)."""
         self._check_active()
         self._state = _State.COMMITTED
         self._release_snapshot()
+        done: Future[None] = Future()
         if not self._write_conflicts:
-            return  # Read-only: nothing to check or apply, as in FDB.
+            done.set_result(None)  # Read-only: nothing to check or apply, as in FDB.
+            return done
         if self._read_version is not None:
             self._check_age()
         if self._size > MAX_TRANSACTION_SIZE:
             raise TransactionTooLarge(
                 f"transaction of {self._size} bytes exceeds {MAX_TRANSACTION_SIZE}"
             )
-        self._db._commit(
-            self._read_version, self._reads, self._write_conflicts, self._cleared, self._writes
+        self._db._submit(
+            _Pending(
+                self._read_version,
+                self._reads,
+                self._write_conflicts,
+                self._cleared,
+                self._writes,
+                done,
+            )
         )
+        return done
 
-    def _on_error(self, err: KVError) -> None:
+    def backoff(self, err: KVError) -> float:
+        """Reset the transaction for another attempt after `err` (re-raised when it is
+        not retryable); the seconds to wait before it."""
         if not err.retryable:
             raise err
-        time.sleep(random.uniform(0, min(_MAX_BACKOFF, _MIN_BACKOFF * 2**self.stats.retries)))
         self.reset()
+        return random.uniform(0, min(_MAX_BACKOFF, _MIN_BACKOFF * 2**self.stats.retries))
+
+    def _on_error(self, err: KVError) -> None:
+        time.sleep(self.backoff(err))
 
     def reset(self) -> None:
         """See Transaction.reset."""
@@ -376,7 +424,7 @@ class EmbeddedDatabase(Database):
 
     system = "sqlite"
     # A read is a few page lookups in WAL mode, which never waits for the writer.
-    reads_inline = True
+    runs_inline = True
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -395,14 +443,20 @@ class EmbeddedDatabase(Database):
         # is atomic too but may lose the latest commits on power loss.)
         self._writer.execute("PRAGMA synchronous = FULL")
         self._writer.executescript(_SCHEMA)
+        # The version, the history and the writer connection belong to the writer thread.
         (self._version,) = self._writer.execute("SELECT version FROM meta").fetchone()
-        self._commit_lock = threading.Lock()
         self._history: deque[_Commit] = deque()
         # Read versions below this may have missed pruned commits: too old.
         self._pruned_version: int = self._version
+        # Guards `_closed`, the idle readers, and the queue's end (None, put by close()).
         self._pool_lock = threading.Lock()
         self._idle_readers: list[sqlite3.Connection] = []
         self._closed = False
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._writer_thread = threading.Thread(
+            target=self._write_loop, name="kv-writer", daemon=True
+        )
+        self._writer_thread.start()
 
     def _connect(self) -> sqlite3.Connection:
         # isolation_level=None: we issue BEGIN/COMMIT ourselves. Connections move
@@ -421,15 +475,36 @@ class EmbeddedDatabase(Database):
             raise ValueError("directory name must not be empty")
         return fdb.subspace_impl.Subspace((name,), rawPrefix=_DIRECTORY_PREFIX)
 
+    async def run(self, fn: Callable[[Transaction], T]) -> T:
+        """See Database.run: `fn` runs on the event loop, the commit on the writer thread.
+
+        Cancelling the awaiting task does not stop a commit that has been submitted.
+        """
+        tr = self.create_transaction()
+        with self._attempts(tr) as may_retry:
+            while True:
+                try:
+                    result = fn(tr)
+                    await asyncio.shield(asyncio.wrap_future(tr.submit()))
+                    return result
+                except KVError as err:
+                    may_retry(err)
+                    delay = tr.backoff(err)
+                    tr.stats.retries += 1
+                    await asyncio.sleep(delay)
+
     def close(self) -> None:
-        """See Database.close. Transactions still open afterwards fail."""
+        """See Database.close. Commits queued before it are made; transactions still
+        open afterwards fail."""
         super().close()
-        with self._commit_lock, self._pool_lock:
+        with self._pool_lock:
             if self._closed:
                 return
             self._closed = True
             idle, self._idle_readers = self._idle_readers, []
-            self._writer.close()
+            self._queue.put(None)
+        self._writer_thread.join()
+        self._writer.close()
         for conn in idle:
             conn.close()
         os.close(self._lock_fd)
@@ -458,53 +533,111 @@ class EmbeddedDatabase(Database):
                 return
         conn.close()
 
-    def _commit(
-        self,
-        read_version: int | None,
-        reads: _ConflictSet,
-        writes: _ConflictSet,
-        cleared: list[tuple[bytes, bytes]],
-        mutations: dict[bytes, _Mutation],
-    ) -> None:
-        """Resolve conflicts and apply one transaction's mutations atomically."""
-        with self._commit_lock:
+    def _submit(self, pending: _Pending) -> None:
+        with self._pool_lock:
             if self._closed:
                 raise DatabaseClosed("database is closed")
-            now = self._clock()
-            while self._history and now - self._history[0].time > MAX_TRANSACTION_SECONDS:
-                self._pruned_version = self._history.popleft().version
-            # Recorded reads imply a read version was taken.
-            if read_version is not None and reads:
-                if read_version < self._pruned_version:
-                    raise TransactionTooOld("transaction's read version is too old")
-                for entry in reversed(self._history):
-                    if entry.version <= read_version:
-                        break
-                    if reads.intersects(entry.writes):
-                        raise NotCommitted("transaction conflicted with a concurrent commit")
-            version = self._version + 1
-            self._apply(version, cleared, mutations)
-            self._version = version
-            self._history.append(_Commit(version, now, writes))
+            self._queue.put(pending)
 
-    def _apply(
-        self, version: int, cleared: list[tuple[bytes, bytes]], mutations: dict[bytes, _Mutation]
-    ) -> None:
+    def _write_loop(self) -> None:
+        """The writer thread: commit what is queued, a batch at a time, until close()."""
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            end = False
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    end = True
+                    break
+                batch.append(item)
+            try:
+                self._commit_batch(batch)
+            except Exception as err:
+                # A bug here must fail the waiting commits, never leave them hanging.
+                for pending in batch:
+                    if not pending.done.done():
+                        pending.done.set_exception(err)
+            if end:
+                return
+
+    def _commit_batch(self, batch: list[_Pending]) -> None:
+        """Resolve the conflicts of `batch` in order and apply the commits that have
+        none in one SQLite write transaction; answer each."""
+        now = self._clock()
+        while self._history and now - self._history[0].time > MAX_TRANSACTION_SECONDS:
+            self._pruned_version = self._history.popleft().version
+        accepted: list[_Pending] = []
+        for pending in batch:
+            try:
+                self._check_conflicts(pending, accepted)
+            except KVError as err:
+                pending.done.set_exception(err)
+                continue
+            accepted.append(pending)
+        if not accepted:
+            return
+        first = self._version + 1
+        try:
+            self._apply(first, accepted)
+        except KVError as err:
+            for pending in accepted:
+                pending.done.set_exception(err)
+            return
+        for version, pending in enumerate(accepted, start=first):
+            self._history.append(_Commit(version, now, pending.writes))
+        self._version = first + len(accepted) - 1
+        for pending in accepted:
+            pending.done.set_result(None)
+
+    def _check_conflicts(self, pending: _Pending, accepted: list[_Pending]) -> None:
+        """NotCommitted when a commit after `pending`'s read version (in the history,
+        or accepted earlier in this batch) wrote what it read."""
+        # Recorded reads imply a read version was taken.
+        if pending.read_version is None or not pending.reads:
+            return
+        if pending.read_version < self._pruned_version:
+            raise TransactionTooOld("transaction's read version is too old")
+        later = [a.writes for a in accepted]
+        for entry in reversed(self._history):
+            if entry.version <= pending.read_version:
+                break
+            later.append(entry.writes)
+        if any(pending.reads.intersects(writes) for writes in later):
+            raise NotCommitted("transaction conflicted with a concurrent commit")
+
+    def _apply(self, first: int, batch: list[_Pending]) -> None:
+        """Apply the mutations of `batch`, in order, as versions `first`, `first`+1, …"""
         w = self._writer
         w.execute("BEGIN IMMEDIATE")
         try:
-            # Ranges first: clear_range dropped the key mutations it covered, so
-            # any still inside a cleared range came after the clear and must win.
-            w.executemany("DELETE FROM kv WHERE k >= ? AND k < ?", cleared)
-            for key, mutation in mutations.items():
-                if mutation is None:
-                    w.execute("DELETE FROM kv WHERE k = ?", (key,))
-                    continue
-                if isinstance(mutation, _PendingAdd):
-                    row = w.execute(_GET_SQL, (key,)).fetchone()
-                    mutation = _apply_add(row[0] if row else None, mutation.delta)
-                w.execute("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", (key, mutation))
-            w.execute("UPDATE meta SET version = ?", (version,))
+            for pending in batch:
+                # Ranges first: clear_range dropped the key mutations it covered, so
+                # any still inside a cleared range came after the clear and must win.
+                # Then a transaction's keys, each once, in as few calls as they allow
+                # (each call hands the GIL over and takes it back).
+                if pending.cleared:
+                    w.executemany("DELETE FROM kv WHERE k >= ? AND k < ?", pending.cleared)
+                clears: list[tuple[bytes]] = []
+                sets: list[tuple[bytes, bytes]] = []
+                for key, mutation in pending.mutations.items():
+                    if mutation is None:
+                        clears.append((key,))
+                    elif isinstance(mutation, _PendingAdd):
+                        row = w.execute(_GET_SQL, (key,)).fetchone()
+                        sets.append((key, _apply_add(row[0] if row else None, mutation.delta)))
+                    else:
+                        sets.append((key, mutation))
+                if clears:
+                    w.executemany("DELETE FROM kv WHERE k = ?", clears)
+                if sets:
+                    w.executemany("INSERT OR REPLACE INTO kv (k, v) VALUES (?, ?)", sets)
+            w.execute("UPDATE meta SET version = ?", (first + len(batch) - 1,))
             w.execute("COMMIT")
         except sqlite3.Error as err:
             if w.in_transaction:
