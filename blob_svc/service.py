@@ -49,7 +49,9 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
             )
         header = first.header
         offset = header.offset if header.HasField("offset") else None
-        size = await self._store.write_upload(header.upload_id, offset, _data(messages))
+        size = await self._store.write_upload(
+            header.upload_id, offset, _data(messages), start=header.start
+        )
         return blob_pb2.UploadStatus(upload_id=header.upload_id, size=size)
 
     async def GetUploadStatus(
@@ -62,7 +64,9 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
         self, request: blob_pb2.CommitUploadRequest, context: Context
     ) -> blob_pb2.BlobInfo:
         digest = Digest.parse(request.digest)
-        info = await self._store.commit_upload(request.upload_id, digest, request.data)
+        info = await self._store.commit_upload(
+            request.upload_id, digest, request.data, start=request.start
+        )
         return blob_pb2.BlobInfo(digest=str(info.digest), size=info.size)
 
     async def CancelUpload(

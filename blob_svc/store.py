@@ -170,7 +170,12 @@ class BlobStore:
         return 0
 
     async def write_upload(
-        self, upload_id: str, offset: int | None, chunks: AsyncIterator[bytes]
+        self,
+        upload_id: str,
+        offset: int | None,
+        chunks: AsyncIterator[bytes],
+        *,
+        start: bool = False,
     ) -> int:
         """Append every chunk of `chunks` to session `upload_id`; return its new size.
 
@@ -181,11 +186,12 @@ class BlobStore:
         session remains consistent (its size tells the client where to resume).
         Raises BLOB_UPLOAD_INVALID for a malformed id, BLOB_UPLOAD_UNKNOWN if there is no
         such session, or if its commit already made it canonical (and died before ending
-        the session, which this then does).
+        the session, which this then does). With `start`, a session that does not exist is
+        started first (`start_upload`).
         """
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
-            size = await self._io(self._session_size, upload_id)
+            size = await self._io(self._start_upload if start else self._session_size, upload_id)
             if offset is not None and offset != size:
                 raise RegistryError(
                     Reason.RANGE_INVALID,
@@ -254,7 +260,9 @@ class BlobStore:
         async with self._locks.hold(upload_id):
             return await self._io(self._session_size, upload_id)
 
-    async def commit_upload(self, upload_id: str, digest: Digest, data: bytes = b"") -> BlobInfo:
+    async def commit_upload(
+        self, upload_id: str, digest: Digest, data: bytes = b"", *, start: bool = False
+    ) -> BlobInfo:
         """Append `data` (a small closing chunk, possibly empty) to session `upload_id`,
         verify the whole against `digest`, make it the canonical blob of `digest` and end
         the session.
@@ -266,18 +274,18 @@ class BlobStore:
         (and possibly the session, which a retried commit or GC then removes). Concurrent
         commits of one digest from several sessions all succeed, with one stored copy.
         Raises BLOB_UPLOAD_INVALID for a malformed id, BLOB_UPLOAD_UNKNOWN if there is no
-        such session.
+        such session; with `start`, a session that does not exist is started first.
         """
         if data and not self._local:
             # Object storage appends by writing a part object, which the streaming path does.
-            await self.write_upload(upload_id, None, _once(data))
-            data = b""
+            await self.write_upload(upload_id, None, _once(data), start=start)
+            data, start = b"", False
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
             # One worker-thread call for the whole commit: a small blob's push is mostly
             # such fixed costs (a hop is tens of microseconds).
             info, actual, state = await asyncio.to_thread(
-                self._commit, upload_id, digest, data, self._hashes.take(upload_id)
+                self._commit, upload_id, digest, data, self._hashes.take(upload_id), start
             )
             if info is None:
                 if state is not None:
@@ -290,11 +298,11 @@ class BlobStore:
             return info
 
     def _commit(
-        self, upload_id: str, digest: Digest, data: bytes, state: HashState | None
+        self, upload_id: str, digest: Digest, data: bytes, state: HashState | None, start: bool
     ) -> tuple[BlobInfo | None, str, HashState | None]:
         """commit_upload's body, in a worker thread: the blob (None when the bytes do not
         match `digest`), the hex digest they have, and the hash state to keep."""
-        size = self._retried(self._session_size, upload_id)
+        size = self._retried(self._start_upload if start else self._session_size, upload_id)
         if data:
             if self._published_before(upload_id):
                 raise _upload_unknown(upload_id)

@@ -74,12 +74,13 @@ class Clients:
         """Append `chunks` to an upload session and return the session's size after it.
 
         With `offset`, blob_svc appends only if the session holds exactly that many bytes
-        (else RANGE_INVALID, nothing appended).
+        (else RANGE_INVALID, nothing appended). blob_svc starts the session's bytes if
+        they do not exist yet: the caller has had metadata_svc confirm the session.
         """
         header = (
-            blob_pb2.UploadHeader(upload_id=upload_id)
+            blob_pb2.UploadHeader(upload_id=upload_id, start=True)
             if offset is None
-            else blob_pb2.UploadHeader(upload_id=upload_id, offset=offset)
+            else blob_pb2.UploadHeader(upload_id=upload_id, offset=offset, start=True)
         )
 
         async def messages() -> AsyncIterator[blob_pb2.WriteUploadRequest]:

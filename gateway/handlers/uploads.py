@@ -104,10 +104,12 @@ async def _session(request: web.Request, name: str, *, touch: bool = True) -> st
 
 
 async def _new_session(request: web.Request, name: str) -> str:
-    """Allocate a session in metadata_svc and create its (empty) bytes in blob_svc."""
-    backends = clients(request)
-    session = await call(backends.metadata.CreateUpload(md.CreateUploadRequest(repository=name)))
-    await call(backends.blob.StartUpload(bl.StartUploadRequest(upload_id=session.upload_id)))
+    """Allocate a session in metadata_svc. Its bytes in blob_svc are started by the first
+    append or by the commit (`start`), which spares a small push a call; until then the
+    session holds no bytes."""
+    session = await call(
+        clients(request).metadata.CreateUpload(md.CreateUploadRequest(repository=name))
+    )
     return session.upload_id
 
 
@@ -179,7 +181,7 @@ async def _complete(
     await _begin_commit(request, name, digest, upload_id)
     blob = await call(
         backends.blob.CommitUpload(
-            bl.CommitUploadRequest(upload_id=upload_id, digest=digest, data=data),
+            bl.CommitUploadRequest(upload_id=upload_id, digest=digest, data=data, start=True),
             # After a blob_svc restart a commit re-hashes the stored bytes (about 1 GB/s),
             # which for a multi-GiB blob outlasts the default unary deadline.
             timeout=COMMIT_TIMEOUT_SECONDS,
@@ -243,9 +245,15 @@ async def upload_status(request: web.Request) -> web.Response:
     lost connection."""
     name = params.repository(request)
     upload_id = await _session(request, name)
-    status = await call(
-        clients(request).blob.GetUploadStatus(bl.GetUploadStatusRequest(upload_id=upload_id))
-    )
+    try:
+        status = await call(
+            clients(request).blob.GetUploadStatus(bl.GetUploadStatusRequest(upload_id=upload_id))
+        )
+    except RegistryError as err:
+        if err.reason != Reason.BLOB_UPLOAD_UNKNOWN:
+            raise
+        # metadata_svc knows the session; blob_svc has no bytes of it yet.
+        return _progress(name, upload_id, 0, 204)
     return _progress(name, upload_id, status.size, 204)
 
 

@@ -203,6 +203,45 @@ async def test_upload_commit_read_delete(stub: Stub) -> None:
     assert (deleted.deleted, deleted.size) == (False, 0)
 
 
+async def test_start_on_write_and_commit(stub: Stub) -> None:
+    """`start` begins a session that does not exist (as StartUpload) on the first append
+    or on the commit itself; on one that exists it changes nothing. Without it, the same
+    calls on an unknown session fail (test_upload_errors)."""
+    streamed, inline = str(uuid.uuid4()), str(uuid.uuid4())
+    first, rest = b"first bytes, ", b"then the rest"
+
+    async def started(upload_id: str, chunk: bytes) -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+        yield blob_pb2.WriteUploadRequest(
+            header=blob_pb2.UploadHeader(upload_id=upload_id, start=True)
+        )
+        yield blob_pb2.WriteUploadRequest(data=chunk)
+
+    assert (await stub.WriteUpload(started(streamed, first))).size == len(first)
+    assert (await stub.WriteUpload(started(streamed, rest))).size == len(first + rest)
+    digest = digest_of(first, rest)
+    info = await stub.CommitUpload(
+        blob_pb2.CommitUploadRequest(upload_id=streamed, digest=digest, start=True)
+    )
+    assert (info.digest, info.size) == (digest, len(first + rest))
+    assert await read(stub, digest) == first + rest
+
+    body = b"a small blob in the closing call"
+    info = await stub.CommitUpload(
+        blob_pb2.CommitUploadRequest(
+            upload_id=inline, digest=digest_of(body), data=body, start=True
+        )
+    )
+    assert (info.digest, info.size) == (digest_of(body), len(body))
+    assert await read(stub, digest_of(body)) == body
+    await expect_error(
+        stub.GetUploadStatus(blob_pb2.GetUploadStatusRequest(upload_id=inline)),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UPLOAD_UNKNOWN,
+    )
+    for digest in (digest_of(first, rest), digest_of(body)):
+        await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+
+
 async def test_cancel_upload(stub: Stub) -> None:
     upload_id = str(uuid.uuid4())
     await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))

@@ -54,18 +54,25 @@ class UploadHeader(_message.Message):
 
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
     offset: _builtins.int
     """Expected current size of the session before this append; unset means "append at the end"."""
+    start: _builtins.bool
+    """Start the session if it does not exist: for a caller that keeps the sessions' records
+    itself (the gateway, in metadata_svc) and has blob_svc create their bytes only when
+    the first bytes or the commit arrive, which spares a small push a call.
+    """
     def __init__(
         self,
         *,
         upload_id: _builtins.str = ...,
         offset: _builtins.int | None = ...,
+        start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset", "start", b"start", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
     _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
@@ -147,6 +154,7 @@ class CommitUploadRequest(_message.Message):
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
     digest: _builtins.str
     """The digest the client claims, "sha256:<64 hex>" (or sha512)."""
@@ -155,16 +163,19 @@ class CommitUploadRequest(_message.Message):
     appended if the commit then fails): a small blob's whole body in one call. Larger
     bodies stream with WriteUpload.
     """
+    start: _builtins.bool
+    """As UploadHeader.start."""
     def __init__(
         self,
         *,
         upload_id: _builtins.str = ...,
         digest: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "digest", b"digest", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "digest", b"digest", "start", b"start", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -121,7 +121,8 @@ class BlobServiceServicer:
         """Appends bytes to an upload session. The first message carries only the header;
         every following message carries data. When `header.offset` is set, it must equal the
         session's current size (else OUT_OF_RANGE / RANGE_INVALID, nothing appended). Bytes
-        are hashed once as they stream. Returns the session's size after the append.
+        are hashed once as they stream. Returns the session's size after the append. With
+        `header.start`, a session that does not exist is started first (as StartUpload).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -139,6 +140,7 @@ class BlobServiceServicer:
         A digest mismatch gives INVALID_ARGUMENT / DIGEST_INVALID and keeps the session, so
         the client may retry. If the canonical blob already exists the session's bytes are
         discarded and the existing blob is kept (never rewritten). The session is removed.
+        With `start`, a session that does not exist is started first (as StartUpload).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

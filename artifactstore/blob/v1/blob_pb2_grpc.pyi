@@ -49,7 +49,8 @@ class BlobServiceStub:
     """Appends bytes to an upload session. The first message carries only the header;
     every following message carries data. When `header.offset` is set, it must equal the
     session's current size (else OUT_OF_RANGE / RANGE_INVALID, nothing appended). Bytes
-    are hashed once as they stream. Returns the session's size after the append.
+    are hashed once as they stream. Returns the session's size after the append. With
+    `header.start`, a session that does not exist is started first (as StartUpload).
     """
     GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_blob_pb2.GetUploadStatusRequest, _blob_pb2.UploadStatus]
     """The current size of an upload session (NOT_FOUND / BLOB_UPLOAD_UNKNOWN if absent)."""
@@ -58,6 +59,7 @@ class BlobServiceStub:
     A digest mismatch gives INVALID_ARGUMENT / DIGEST_INVALID and keeps the session, so
     the client may retry. If the canonical blob already exists the session's bytes are
     discarded and the existing blob is kept (never rewritten). The session is removed.
+    With `start`, a session that does not exist is started first (as StartUpload).
     """
     CancelUpload: _grpc.UnaryUnaryMultiCallable[_blob_pb2.CancelUploadRequest, _blob_pb2.CancelUploadResponse]
     """Removes an upload session and its bytes. Idempotent."""
@@ -119,7 +121,8 @@ class BlobServiceAsyncStub(BlobServiceStub):
     """Appends bytes to an upload session. The first message carries only the header;
     every following message carries data. When `header.offset` is set, it must equal the
     session's current size (else OUT_OF_RANGE / RANGE_INVALID, nothing appended). Bytes
-    are hashed once as they stream. Returns the session's size after the append.
+    are hashed once as they stream. Returns the session's size after the append. With
+    `header.start`, a session that does not exist is started first (as StartUpload).
     """
     GetUploadStatus: _aio.UnaryUnaryMultiCallable[_blob_pb2.GetUploadStatusRequest, _blob_pb2.UploadStatus]  # type: ignore[assignment]
     """The current size of an upload session (NOT_FOUND / BLOB_UPLOAD_UNKNOWN if absent)."""
@@ -128,6 +131,7 @@ class BlobServiceAsyncStub(BlobServiceStub):
     A digest mismatch gives INVALID_ARGUMENT / DIGEST_INVALID and keeps the session, so
     the client may retry. If the canonical blob already exists the session's bytes are
     discarded and the existing blob is kept (never rewritten). The session is removed.
+    With `start`, a session that does not exist is started first (as StartUpload).
     """
     CancelUpload: _aio.UnaryUnaryMultiCallable[_blob_pb2.CancelUploadRequest, _blob_pb2.CancelUploadResponse]  # type: ignore[assignment]
     """Removes an upload session and its bytes. Idempotent."""
@@ -198,7 +202,8 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         """Appends bytes to an upload session. The first message carries only the header;
         every following message carries data. When `header.offset` is set, it must equal the
         session's current size (else OUT_OF_RANGE / RANGE_INVALID, nothing appended). Bytes
-        are hashed once as they stream. Returns the session's size after the append.
+        are hashed once as they stream. Returns the session's size after the append. With
+        `header.start`, a session that does not exist is started first (as StartUpload).
         """
 
     @_abc_1.abstractmethod
@@ -219,6 +224,7 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         A digest mismatch gives INVALID_ARGUMENT / DIGEST_INVALID and keeps the session, so
         the client may retry. If the canonical blob already exists the session's bytes are
         discarded and the existing blob is kept (never rewritten). The session is removed.
+        With `start`, a session that does not exist is started first (as StartUpload).
         """
 
     @_abc_1.abstractmethod
