@@ -37,6 +37,7 @@ from artifactstore.rpc import STREAM_CHUNK_BYTES
 from artifactstore.storage import StorageOptions, open_storage
 from blob_svc import paths
 from blob_svc.uploads import STREAM_ALGORITHM, HashState, HashStates, SessionLocks
+from blob_svc.writeback import Writeback
 
 # blob_svc.objects (and botocore with it, ~15 MiB) is imported only on object storage.
 if TYPE_CHECKING:
@@ -212,10 +213,13 @@ class BlobStore:
                 )
             except FileNotFoundError:
                 raise _upload_unknown(upload_id) from None
+            local = paths.upload_data(self._local_root, upload_id) if self._local else None
+            writeback = Writeback(local, size)
             try:
                 # Writing and hashing a block run side by side, each in its own thread.
-                await _pipe(chunks, (partial(_write_all, stream), _hash_all(state)))
+                await _pipe(chunks, (partial(_write_all, stream, writeback), _hash_all(state)))
             finally:
+                writeback.close()
                 await asyncio.to_thread(stream.close)
                 # Both consumers saw the same blocks unless a write failed part-way; then
                 # the hash may cover bytes never stored and must be rebuilt from storage.
@@ -778,9 +782,10 @@ async def _once(data: bytes) -> AsyncIterator[bytes]:
     yield data
 
 
-def _write_all(stream: pa.NativeFile, block: Sequence[bytes]) -> None:
+def _write_all(stream: pa.NativeFile, writeback: Writeback, block: Sequence[bytes]) -> None:
     for chunk in block:
         stream.write(chunk)
+    writeback.appended(sum(len(chunk) for chunk in block))
 
 
 def _hash_all(state: HashState) -> Callable[[Sequence[bytes]], None]:
