@@ -62,13 +62,23 @@ BYTES_OUT = Counter(
 )
 
 
-def _sent(response: web.StreamResponse | None) -> int:
-    """Body bytes of a response: counted by aiohttp for one streamed by its handler, the
+# Body bytes a handler sent itself (a blob streamed or sent from its file), which aiohttp
+# counts only once the response ends, after this middleware.
+_BODY_SENT = web.RequestKey("body_sent", int)
+
+
+def body_sent(request: web.Request, count: int) -> None:
+    """Record the body bytes the handler of `request` sent itself."""
+    request[_BODY_SENT] = count
+
+
+def _sent(request: web.Request, response: web.StreamResponse | None) -> int:
+    """Body bytes of a response: as its handler recorded them for one it sent itself, the
     Content-Length of one not sent yet (aiohttp sends those after the middleware)."""
     if response is None:
         return 0
     if response.prepared:
-        return response.body_length
+        return request.get(_BODY_SENT, response.body_length)
     return response.content_length or 0
 
 
@@ -108,7 +118,7 @@ async def observe_middleware(
                 span.set_status(Status(StatusCode.ERROR))
             elapsed = time.perf_counter() - start
             received = request.content.total_bytes
-            sent = _sent(response)
+            sent = _sent(request, response)
             REQUESTS.labels(route, request.method, str(status)).inc()
             REQUEST_SECONDS.labels(route, request.method).observe(elapsed)
             BYTES_IN.labels(route).inc(received)

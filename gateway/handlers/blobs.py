@@ -22,7 +22,7 @@ from artifactstore.blob.v1 import blob_pb2 as bl
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
-from gateway import audit, localfiles, params
+from gateway import audit, localfiles, observe, params
 from gateway.clients import Clients
 from gateway.errors import EdgeError
 from gateway.keys import blob_files, clients, settings
@@ -110,6 +110,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
             sent = await localfiles.send(request, response, fd, first, length)
         finally:
             os.close(fd)
+        observe.body_sent(request, sent)
         if sent != length:
             _cut_off(request, name, digest, sent, length, "the client stopped taking bytes")
         return response
@@ -148,6 +149,8 @@ async def _stream(
             failure = err.message
         except grpc.aio.AioRpcError as err:
             failure = f"{err.code().name}: {err.details()}"
+        finally:
+            observe.body_sent(request, sent)
         if sent != length:
             _cut_off(request, name, digest, sent, length, failure)
     return response

@@ -182,6 +182,17 @@ def test_metrics_count_exactly_the_requests_made(start_registry: Callable[..., R
     )
     assert after_gw[duration] - before_gw.get(duration, 0) == 6
 
+    # A blob the gateway sends from its file (and a range of it) counts its bytes too.
+    layer = image.layers[0]
+    blob_sent = ("artifactstore_http_sent_bytes_total", (("route", "/v2/{name}/blobs/{digest}"),))
+    before = _samples(gateway).get(blob_sent, 0)
+    assert registry.request("GET", f"/v2/{repo}/blobs/{layer.digest}").body == layer.data
+    ranged = registry.request(
+        "GET", f"/v2/{repo}/blobs/{layer.digest}", headers={"Range": "bytes=10-19"}
+    )
+    assert ranged.status == 206 and ranged.body == layer.data[10:20]
+    assert _samples(gateway)[blob_sent] - before == len(layer.data) + 10
+
 
 def test_every_process_serves_metrics_and_health(registry: Registry) -> None:
     for service in ("gateway", "metadata", "blob", "scan", "gc"):
