@@ -184,7 +184,9 @@ def test_store_failures_are_503_and_no_blob_is_partial(
 
         proxy.fail(Fault.ERROR)
         check_unavailable(reg.request("GET", f"/v2/{REPO}/blobs/{digest}"))
-        check_unavailable(reg.request("POST", f"/v2/{REPO}/blobs/uploads/"))
+        # Opening a session needs metadata_svc alone; its first bytes need the store.
+        opened = start_session(reg)
+        check_unavailable(patch(reg, opened, b"first bytes", 0))
         # A HEAD answers from the repository's link alone.
         assert reg.request("HEAD", f"/v2/{REPO}/blobs/{digest}").status == 200
 
@@ -192,6 +194,8 @@ def test_store_failures_are_503_and_no_blob_is_partial(
         # blob never appears.
         other = random.Random(4).randbytes(7 * MiB)
         proxy.heal()
+        # The failed PATCH stored nothing: the session still starts at byte 0.
+        assert patch(reg, opened, b"first bytes", 0).status == 202
         location = start_session(reg)
         proxy.fail(Fault.ERROR, match=rb"(?i)x-amz-copy-source:")
         r = reg.request("PUT", f"{location}?digest={digest_of(other)}", body=other, timeout=120)
