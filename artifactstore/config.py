@@ -50,6 +50,7 @@ class Settings:
     scan_address: str
     gc_address: str
     upload_chunk_bytes: int
+    manifest_cache_bytes: int
     rpc_timeout_seconds: float
     metrics_address: str
     metrics_port_base: int | None
@@ -124,6 +125,7 @@ class Settings:
             scan_address=e.get("ARTS_SCAN_ADDRESS", f"unix:{run / 'scan.sock'}"),
             gc_address=e.get("ARTS_GC_ADDRESS", f"unix:{run / 'gc.sock'}"),
             upload_chunk_bytes=int(e.get("ARTS_UPLOAD_CHUNK_BYTES", str(1024 * 1024))),
+            manifest_cache_bytes=int(e.get("ARTS_MANIFEST_CACHE_BYTES", str(32 * 1024 * 1024))),
             rpc_timeout_seconds=float(e.get("ARTS_RPC_TIMEOUT_SECS", "10")),
             metrics_address=e.get("ARTS_METRICS_ADDRESS", "127.0.0.1:0"),
             metrics_port_base=int(e["ARTS_METRICS_PORT_BASE"])

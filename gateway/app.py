@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,8 +12,9 @@ from artifactstore.config import Settings
 from gateway.auth import GATEKEEPER, Gatekeeper, auth_middleware, policy_watch
 from gateway.clients import connect
 from gateway.errors import error_middleware
-from gateway.keys import BLOB_FILES, CLIENTS, SETTINGS
+from gateway.keys import BLOB_FILES, CLIENTS, MANIFEST_CACHE, SETTINGS
 from gateway.localfiles import BlobFiles
+from gateway.manifest_cache import ManifestCache, manifest_watch
 from gateway.observe import observe_middleware
 from gateway.responses import API_VERSION
 from gateway.routes import setup_routes
@@ -26,7 +28,10 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
         key = await asyncio.to_thread(load_or_create_key, settings.token_key_file)
         issuer = TokenIssuer(key, settings.token_service)
         app[GATEKEEPER] = keeper = Gatekeeper(backends.iam, issuer, settings.token_realm)
-        async with policy_watch(keeper):
+        app[MANIFEST_CACHE] = cache = ManifestCache(settings.manifest_cache_bytes)
+        async with policy_watch(keeper), contextlib.AsyncExitStack() as stack:
+            if settings.manifest_cache_bytes > 0:
+                await stack.enter_async_context(manifest_watch(cache, backends.metadata))
             yield
 
 

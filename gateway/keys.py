@@ -11,10 +11,12 @@ from aiohttp import web
 from artifactstore.config import Settings
 from gateway.clients import Clients
 from gateway.localfiles import BlobFiles
+from gateway.manifest_cache import ManifestCache
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", Clients)
 BLOB_FILES = web.AppKey("blob_files", BlobFiles)
+MANIFEST_CACHE = web.AppKey("manifest_cache", ManifestCache)
 
 
 def clients(request: web.Request) -> Clients:
@@ -30,3 +32,8 @@ def blob_files(request: web.Request) -> BlobFiles:
 def settings(request: web.Request) -> Settings:
     """The settings of the application serving `request`."""
     return request.app[SETTINGS]
+
+
+def manifest_cache(request: web.Request) -> ManifestCache:
+    """The manifest cache of the application serving `request`."""
+    return request.app[MANIFEST_CACHE]

@@ -64,6 +64,8 @@ from dataclasses import dataclass
 
 from fdb.subspace_impl import Subspace
 
+from metadata_svc.kv.base import strinc
+
 
 @enum.unique
 class Area(enum.IntEnum):
@@ -266,6 +268,22 @@ class Keyspace:
         return self.root.pack((Area.GC_REPOSITORY_DELETING, repo))
 
 
+# A part of the keyspace a write changed, for readers' caches: ("repository", name),
+# ("project", name), or EVERYTHING.
+Scope = tuple[str, str]
+EVERYTHING: Scope = ("everything", "")
+
+# The areas GetManifest reads (with its repository check and scan policy), by what their
+# second element names.
+_READ_SCOPE_OF_AREA = {
+    Area.REPOSITORY: "repository",
+    Area.MANIFEST: "repository",
+    Area.MANIFEST_PART: "repository",
+    Area.TAG: "repository",
+    Area.SCAN_SUMMARY: "repository",
+    Area.SCAN_POLICY: "project",
+}
+
 # The areas whose keys start with a repository name and hold nothing that is counted
 # elsewhere: a repository delete clears each with one range clear. Blob links are not
 # among them (each one counts in its digest's global reference count).
@@ -288,6 +306,27 @@ REPOSITORY_CONTENT = (
 def repository_content(keys: Keyspace, repo: str) -> list[Subspace]:
     """The subspaces of `REPOSITORY_CONTENT` that belong to `repo` alone."""
     return [keys.root.subspace((area, repo)) for area in REPOSITORY_CONTENT]
+
+
+def manifest_read_scope(keys: Keyspace, begin: bytes, end: bytes) -> Scope | None:
+    """What a write of the keys [begin, end) can change of GetManifest's answers: the
+    repository or project it names, EVERYTHING when the range is not within one, or
+    None when it touches none of the areas a manifest read reads."""
+    root = keys.root.key()
+    if not begin.startswith(root):
+        return EVERYTHING if begin < root < end else None
+    try:
+        key = keys.root.unpack(begin)
+    except (ValueError, KeyError, IndexError):
+        return EVERYTHING
+    if not key:
+        return EVERYTHING
+    kind = _READ_SCOPE_OF_AREA.get(key[0])
+    if len(key) >= 2 and isinstance(key[1], str) and end <= strinc(keys.root.pack(key[:2])):
+        return None if kind is None else (kind, key[1])
+    if end <= strinc(keys.root.pack(key[:1])):
+        return None if kind is None else EVERYTHING
+    return EVERYTHING
 
 
 @enum.unique

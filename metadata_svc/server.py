@@ -21,6 +21,7 @@ from artifactstore.metadata.v1 import (
     scans_pb2,
     scans_pb2_grpc,
 )
+from metadata_svc.changes import ChangeFeed
 from metadata_svc.gc import GcStore
 from metadata_svc.gc_service import MetadataGcServicer
 from metadata_svc.iam import IamStore
@@ -66,6 +67,9 @@ async def main(settings: Settings) -> None:
         log.warning(
             "initial administrator %r created with password %s", settings.admin_user, generated
         )
+    # Readers may cache manifest reads only where this process sees every commit.
+    changes = ChangeFeed(store.keys) if db.sole_writer else None
+    db.observer = changes
     metrics.REGISTRY.register(StoreCollector(db, store.keys, store.queues))
     metadata = metadata_pb2.DESCRIPTOR.services_by_name["MetadataService"].full_name
     iam_name = iam_pb2.DESCRIPTOR.services_by_name["IamService"].full_name
@@ -73,7 +77,7 @@ async def main(settings: Settings) -> None:
     servicers = [
         rpc.Servicer(
             metadata_pb2_grpc.add_MetadataServiceServicer_to_server,
-            MetadataServicer(store, QueueStore(db, store.queues)),
+            MetadataServicer(store, QueueStore(db, store.queues), changes),
             metadata,
         ),
         rpc.Servicer(

@@ -6,10 +6,13 @@ them into statuses with an ErrorInfo.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import grpc
 
 from artifactstore.metadata.v1 import metadata_pb2 as pb
 from artifactstore.metadata.v1 import metadata_pb2_grpc
+from metadata_svc.changes import ChangeFeed
 from metadata_svc.queues import QueueStore, Task
 from metadata_svc.scans_service import policy_to_pb, summary_to_pb
 from metadata_svc.store import MetadataStore, UploadRecord
@@ -46,9 +49,13 @@ def _task(task: Task) -> pb.Task:
 class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
     """Answers MetadataService calls from the store."""
 
-    def __init__(self, store: MetadataStore, queues: QueueStore) -> None:
+    def __init__(
+        self, store: MetadataStore, queues: QueueStore, changes: ChangeFeed | None
+    ) -> None:
         self._store = store
         self._queues = queues
+        # None when the store has other writers: watchers are told to keep no copies.
+        self._changes = changes
 
     async def PutManifest(
         self, request: pb.PutManifestRequest, context: Context
@@ -83,6 +90,15 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
                 summary_to_pb(scan.summary, request.repository, r.digest)
             )
         return reply
+
+    async def WatchManifestChanges(
+        self, request_iterator: AsyncIterator[pb.ManifestChangesAck], context: Context
+    ) -> AsyncIterator[pb.ManifestChanges]:
+        if self._changes is None:
+            yield pb.ManifestChanges(cacheable=False)
+            return
+        async for message in self._changes.watch(request_iterator):
+            yield message
 
     async def DeleteManifest(
         self, request: pb.DeleteManifestRequest, context: Context

@@ -16,7 +16,7 @@ from artifactstore.rpc import call
 from gateway import audit, params
 from gateway.auth import identity
 from gateway.bodies import read_manifest
-from gateway.keys import blob_files, clients
+from gateway.keys import blob_files, clients, manifest_cache
 from gateway.responses import CONTENT_DIGEST, OCI_SUBJECT
 
 # Digests per StatBlobs call (blob_svc's limit).
@@ -49,17 +49,24 @@ async def get_manifest(request: web.Request) -> web.Response:
     reveals a digest, not content.
     """
     name = params.repository(request)
+    reference = params.reference(request)
     head = request.method == hdrs.METH_HEAD
-    manifest = await call(
-        clients(request).metadata.GetManifest(
-            md.GetManifestRequest(
-                repository=name,
-                reference=params.reference(request),
-                include_content=not head,
-                include_scan_policy=not head,
+    cache = manifest_cache(request)
+    key = (name, reference, head)
+    manifest = cache.get(key)
+    if manifest is None:
+        generation = cache.generation
+        manifest = await call(
+            clients(request).metadata.GetManifest(
+                md.GetManifestRequest(
+                    repository=name,
+                    reference=reference,
+                    include_content=not head,
+                    include_scan_policy=not head,
+                )
             )
         )
-    )
+        cache.put(key, manifest, generation)
     if not head:
         _refuse_by_scan_policy(request, name, manifest)
     headers = {

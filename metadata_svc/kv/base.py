@@ -14,10 +14,10 @@ import contextlib
 import contextvars
 import functools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import fdb.subspace_impl
 from opentelemetry import trace
@@ -182,6 +182,10 @@ class Transaction(abc.ABC):
 
     def __init__(self) -> None:
         self.stats = TransactionStats()
+        # The [begin, end) ranges every attempt wrote (a point write is [key, key\0)): what
+        # a CommitObserver is told. Kept across retries, so it may name more than the
+        # commit wrote, never less.
+        self.written: list[tuple[bytes, bytes]] = []
 
     def get(self, key: bytes, *, snapshot: bool = False) -> bytes | None:
         """Return the value of `key`, or None if it is absent."""
@@ -234,12 +238,14 @@ class Transaction(abc.ABC):
             raise ValueTooLarge(f"value of {len(value)} bytes exceeds {MAX_VALUE_SIZE}")
         self._set(key, value)
         self._count_write(len(key) + len(value))
+        self.written.append((key, key + b"\x00"))
 
     def clear(self, key: bytes) -> None:
         """Remove `key` if it exists."""
         _check_key(key)
         self._clear(key)
         self._count_write(len(key))
+        self.written.append((key, key + b"\x00"))
 
     def clear_range(self, begin: bytes, end: bytes) -> None:
         """Remove every key with begin <= key < end."""
@@ -248,6 +254,7 @@ class Transaction(abc.ABC):
             raise InvertedRange(f"clear_range begin {begin!r} is after end {end!r}")
         if begin < end:
             self._clear_range(begin, end)
+            self.written.append((begin, end))
         self._count_write(len(begin) + len(end))
 
     def clear_range_startswith(self, prefix: bytes) -> None:
@@ -266,6 +273,7 @@ class Transaction(abc.ABC):
             raise ValueError("delta must fit in a signed 64-bit integer")
         self._add(key, delta)
         self._count_write(len(key) + 8)
+        self.written.append((key, key + b"\x00"))
 
     def add_read_conflict_key(self, key: bytes) -> None:
         """Make the commit fail if another transaction writes `key` concurrently."""
@@ -350,6 +358,18 @@ CONFLICTS = Counter(
 )
 
 
+class CommitObserver(Protocol):
+    """Told of every commit that wrote, before its caller hears of it (the manifest change
+    feed that keeps readers' caches coherent)."""
+
+    def committed(self, written: Sequence[tuple[bytes, bytes]]) -> int:
+        """Note a commit's written ranges; thread-safe. Returns the sequence number to
+        pass to `delivered`, or 0 when the commit changed nothing observed."""
+
+    async def delivered(self, sequence: int) -> None:
+        """Return once the change numbered `sequence` has reached those who must know."""
+
+
 class Database(abc.ABC):
     """A handle on the key-value store; thread-safe.
 
@@ -366,6 +386,11 @@ class Database(abc.ABC):
     # thread hop costs more than the reads themselves. Such a backend's `run()` still
     # commits off the loop.
     runs_inline: bool = False
+    # Whether this process is the store's only writer (a backend that locks it), so that
+    # its commits are every commit: what a cache of its reads needs to stay coherent.
+    sole_writer: bool = False
+    # Told of commits by `run()` (whose callers wait for `delivered`) and `transact()`.
+    observer: CommitObserver | None = None
 
     def __init__(self, *, threads: int = 16) -> None:
         # Runs `run()`'s blocking transactions off the asyncio event loop.
@@ -381,7 +406,8 @@ class Database(abc.ABC):
         if needed. All of a component's keys belong inside its directory."""
 
     def transact(self, fn: Callable[[Transaction], T]) -> T:
-        """Run `fn` in a transaction, commit it and return `fn`'s result.
+        """Run `fn` in a transaction, commit it and return `fn`'s result (the observer
+        is told of the commit; only `run()` waits for its delivery).
 
         On a retryable KVError (from `fn` or the commit) the transaction is reset
         and `fn` runs again, so `fn` must be idempotent apart from its effects on
@@ -389,16 +415,30 @@ class Database(abc.ABC):
         an earlier attempt may already have committed. Non-retryable errors and
         any other exception propagate at once.
         """
+        return self._transact(fn)[0]
+
+    def _transact(self, fn: Callable[[Transaction], T]) -> tuple[T, int]:
+        """`transact(fn)`, and the observer's sequence number for the commit."""
         tr = self.create_transaction()
         with self._attempts(tr) as may_retry:
             while True:
                 try:
                     result = fn(tr)
                     tr.commit()
-                    return result
+                    return result, self._observed(tr)
                 except KVError as err:
                     may_retry(err)
                     tr.on_error(err)  # re-raises `err` if it is not retryable
+
+    def _observed(self, tr: Transaction) -> int:
+        """Tell the observer of a committed transaction's writes."""
+        if self.observer is None or not tr.written:
+            return 0
+        return self.observer.committed(tr.written)
+
+    async def _delivered(self, sequence: int) -> None:
+        if sequence and self.observer is not None:
+            await self.observer.delivered(sequence)
 
     @contextlib.contextmanager
     def _attempts(self, tr: Transaction) -> Iterator[Callable[[KVError], None]]:
@@ -442,8 +482,10 @@ class Database(abc.ABC):
         """
         loop = asyncio.get_running_loop()
         # Carry context variables (e.g. the current trace span) into the thread.
-        call = functools.partial(contextvars.copy_context().run, self.transact, fn)
-        return await loop.run_in_executor(self._executor, call)
+        call = functools.partial(contextvars.copy_context().run, self._transact, fn)
+        result, sequence = await loop.run_in_executor(self._executor, call)
+        await self._delivered(sequence)
+        return result
 
     async def read(self, fn: Callable[[Transaction], T]) -> T:
         """`run(fn)` for an `fn` that only reads; on the event loop itself where the

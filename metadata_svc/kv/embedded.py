@@ -425,6 +425,8 @@ class EmbeddedDatabase(Database):
     system = "sqlite"
     # A read is a few page lookups in WAL mode, which never waits for the writer.
     runs_inline = True
+    # The lock file keeps every other process out.
+    sole_writer = True
 
     def __init__(self, path: Path, *, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__()
@@ -486,12 +488,14 @@ class EmbeddedDatabase(Database):
                 try:
                     result = fn(tr)
                     await asyncio.shield(asyncio.wrap_future(tr.submit()))
-                    return result
+                    break
                 except KVError as err:
                     may_retry(err)
                     delay = tr.backoff(err)
                     tr.stats.retries += 1
                     await asyncio.sleep(delay)
+        await self._delivered(self._observed(tr))
+        return result
 
     def close(self) -> None:
         """See Database.close. Commits queued before it are made; transactions still

@@ -35,6 +35,7 @@ from tests.e2e.images import (
     canonical_json,
     sha256,
 )
+from tests.e2e.test_observability import _metrics_address, _samples
 
 OCTET = "application/octet-stream"
 OCI_EMPTY = "application/vnd.oci.empty.v1+json"
@@ -702,6 +703,37 @@ async def test_tag_moves_to_a_new_manifest(api, unique_repo):
     assert got.body == new.manifest.data
     assert (await api.get_manifest(repo, old.digest)).body == old.manifest.data
     assert await api.tags(repo) == ["current"]
+
+
+async def test_cached_manifest_reads_follow_every_write(api, unique_repo):
+    """Reads the gateway answers from its manifest cache change the moment a write
+    returns: a moved tag, a deleted tag, a deleted manifest (HEAD and GET alike)."""
+    hits = ("artifactstore_manifest_cache_lookups_total", (("result", "hit"),))
+    gateway = _metrics_address(api.registry, "gateway")
+    repo = unique_repo()
+    old = await api.push_image(repo, "current", seed=60)
+    await api.push_image(repo, "keep", seed=61)
+    before = _samples(gateway).get(hits, 0.0)
+    for _ in range(3):
+        got = await api.get_manifest(repo, "current")
+        assert got.headers.get("Docker-Content-Digest") == old.digest
+        head = await api.get_manifest(repo, "current", method="HEAD")
+        assert head.headers.get("Docker-Content-Digest") == old.digest
+    assert _samples(gateway).get(hits, 0.0) > before, "the reads never hit the cache"
+
+    new = await api.push_image(repo, "current", seed=62)
+    got = await api.get_manifest(repo, "current")
+    assert got.headers.get("Docker-Content-Digest") == new.digest
+    assert got.body == new.manifest.data
+    head = await api.get_manifest(repo, "current", method="HEAD")
+    assert head.headers.get("Docker-Content-Digest") == new.digest
+
+    assert (await api.request("DELETE", f"/v2/{repo}/manifests/current")).status == 202
+    api.error(await api.get_manifest(repo, "current"), 404, "MANIFEST_UNKNOWN")
+    assert (await api.get_manifest(repo, new.digest)).status == 200
+    assert (await api.request("DELETE", f"/v2/{repo}/manifests/{new.digest}")).status == 202
+    api.error(await api.get_manifest(repo, new.digest), 404, "MANIFEST_UNKNOWN")
+    assert (await api.get_manifest(repo, "keep")).status == 200
 
 
 async def test_invalid_manifest_body(api, unique_repo):

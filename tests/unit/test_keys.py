@@ -9,6 +9,7 @@ import pytest
 from fdb.subspace_impl import Subspace
 
 from metadata_svc.keys import (
+    EVERYTHING,
     REPOSITORY_CONTENT,
     Area,
     IamArea,
@@ -16,8 +17,10 @@ from metadata_svc.keys import (
     Keyspace,
     decode_int,
     encode_int,
+    manifest_read_scope,
     repository_content,
 )
+from metadata_svc.kv.base import strinc
 
 SPACE = Keyspace(Subspace(("registry",)))
 IAM = IamKeyspace(Subspace(("topaz",)))
@@ -120,3 +123,34 @@ def test_repository_content_is_that_repository_alone() -> None:
         SPACE.blob_link("app", digest),
     ]
     assert not any(s.contains(k) for s in spaces for k in outside)
+
+
+def _point(key: bytes) -> tuple[bytes, bytes]:
+    return key, key + b"\x00"
+
+
+def test_manifest_read_scope_names_what_a_write_changes() -> None:
+    def scope(begin: bytes, end: bytes) -> tuple[str, str] | None:
+        return manifest_read_scope(SPACE, begin, end)
+
+    repo, digest = str(ARGS["repo"]), str(ARGS["digest"])
+    assert scope(*_point(SPACE.tag(repo, "v1"))) == ("repository", repo)
+    assert scope(*_point(SPACE.manifest(repo, digest))) == ("repository", repo)
+    assert scope(*_point(SPACE.repository(repo))) == ("repository", repo)
+    assert scope(*_point(SPACE.scan_summary(repo, digest))) == ("repository", repo)
+    assert scope(*_point(SPACE.scan_policy("proj"))) == ("project", "proj")
+    # A repository's whole subspace, cleared as a range, is still that repository.
+    tags = SPACE.tags(repo).key()
+    assert scope(tags, strinc(tags)) == ("repository", repo)
+    # Writes no manifest read depends on.
+    assert scope(*_point(SPACE.blob_link(repo, digest))) is None
+    assert scope(*_point(SPACE.upload("u1"))) is None
+    assert scope(*_point(IAM.user("someone"))) is None
+    links = SPACE.blob_links().key()
+    assert scope(links, strinc(links)) is None
+    # Ranges across repositories of a read area, or across areas: everything.
+    manifests = SPACE.manifests().key()
+    assert scope(manifests, strinc(manifests)) == EVERYTHING
+    assert scope(SPACE.tag("a/x", "t"), SPACE.tag("z/x", "t")) == EVERYTHING
+    root = SPACE.root.key()
+    assert scope(root, strinc(root)) == EVERYTHING

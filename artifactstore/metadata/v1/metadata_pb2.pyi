@@ -520,6 +520,79 @@ class PutManifestResponse(_message.Message):
 Global___PutManifestResponse: _TypeAlias = PutManifestResponse  # noqa: Y015
 
 @_typing.final
+class ManifestChangesAck(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACK_ID_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    ack_id: _builtins.int
+    """The reader's own counter, one per ack; echoed as ManifestChanges.granted_ack_id."""
+    sequence: _builtins.int
+    """The last ManifestChanges.sequence the reader has applied (dropped its copies for)."""
+    def __init__(
+        self,
+        *,
+        ack_id: _builtins.int = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_id", b"ack_id", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManifestChangesAck: _TypeAlias = ManifestChangesAck  # noqa: Y015
+
+@_typing.final
+class ManifestChanges(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    CACHEABLE_FIELD_NUMBER: _builtins.int
+    LEASE_SECONDS_FIELD_NUMBER: _builtins.int
+    GRANTED_ACK_ID_FIELD_NUMBER: _builtins.int
+    REPOSITORIES_FIELD_NUMBER: _builtins.int
+    PROJECTS_FIELD_NUMBER: _builtins.int
+    EVERYTHING_FIELD_NUMBER: _builtins.int
+    sequence: _builtins.int
+    """Increases with every commit that changed manifest reads; a heartbeat repeats it."""
+    cacheable: _builtins.bool
+    """False: keep no copies (this metadata_svc does not see every write to its store)."""
+    lease_seconds: _builtins.float
+    """The lease: a reader may use its copies until lease_seconds after it sent the ack
+    named by granted_ack_id (the service waits for it that long after receiving it).
+    """
+    granted_ack_id: _builtins.int
+    everything: _builtins.bool
+    """The reader fell too far behind for the changes to be listed: drop every copy."""
+    @_builtins.property
+    def repositories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What changed since the previous message (none in a heartbeat)."""
+
+    @_builtins.property
+    def projects(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Projects whose scan policy changed: every repository in them."""
+
+    def __init__(
+        self,
+        *,
+        sequence: _builtins.int = ...,
+        cacheable: _builtins.bool = ...,
+        lease_seconds: _builtins.float = ...,
+        granted_ack_id: _builtins.int = ...,
+        repositories: _abc.Iterable[_builtins.str] | None = ...,
+        projects: _abc.Iterable[_builtins.str] | None = ...,
+        everything: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cacheable", b"cacheable", "everything", b"everything", "granted_ack_id", b"granted_ack_id", "lease_seconds", b"lease_seconds", "projects", b"projects", "repositories", b"repositories", "sequence", b"sequence"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ManifestChanges: _TypeAlias = ManifestChanges  # noqa: Y015
+
+@_typing.final
 class GetManifestRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

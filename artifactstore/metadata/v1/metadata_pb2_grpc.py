@@ -49,6 +49,11 @@ class MetadataServiceStub:
                 request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteManifestRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteManifestResponse.FromString,
                 _registered_method=True)
+        self.WatchManifestChanges = channel.stream_stream(
+                '/artifactstore.metadata.v1.MetadataService/WatchManifestChanges',
+                request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ManifestChangesAck.SerializeToString,
+                response_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ManifestChanges.FromString,
+                _registered_method=True)
         self.ListTags = channel.unary_unary(
                 '/artifactstore.metadata.v1.MetadataService/ListTags',
                 request_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ListTagsRequest.SerializeToString,
@@ -162,6 +167,21 @@ class MetadataServiceServicer:
     def DeleteManifest(self, request, context):
         """By digest: removes the manifest, every tag pointing at it and its references. By tag:
         removes only the tag. NOT_FOUND / MANIFEST_UNKNOWN when there is nothing to remove.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchManifestChanges(self, request_iterator, context):
+        """Cache coherence for a reader that keeps copies of GetManifest answers (the gateway):
+        the stream names every repository (or project, for scan policies) whose manifests,
+        tags, scan summaries or existence a commit changed, in `sequence` order. The reader
+        acknowledges what it has applied; a commit that changed manifest reads does not
+        answer its caller until every reader holding a lease has acknowledged it (or that
+        reader's lease has run out), so no copy outlives the write that made it stale. The
+        reader may use its copies only while its lease runs (see ManifestChanges). The first
+        message says whether copies may be kept at all: not when this metadata_svc shares
+        its store with other writers (FoundationDB), whose commits it never sees.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -315,6 +335,11 @@ def add_MetadataServiceServicer_to_server(servicer, server):
                     servicer.DeleteManifest,
                     request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteManifestRequest.FromString,
                     response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteManifestResponse.SerializeToString,
+            ),
+            'WatchManifestChanges': grpc.stream_stream_rpc_method_handler(
+                    servicer.WatchManifestChanges,
+                    request_deserializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ManifestChangesAck.FromString,
+                    response_serializer=artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ManifestChanges.SerializeToString,
             ),
             'ListTags': grpc.unary_unary_rpc_method_handler(
                     servicer.ListTags,
@@ -483,6 +508,33 @@ class MetadataService:
             '/artifactstore.metadata.v1.MetadataService/DeleteManifest',
             artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteManifestRequest.SerializeToString,
             artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.DeleteManifestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchManifestChanges(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/artifactstore.metadata.v1.MetadataService/WatchManifestChanges',
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ManifestChangesAck.SerializeToString,
+            artifactstore_dot_metadata_dot_v1_dot_metadata__pb2.ManifestChanges.FromString,
             options,
             channel_credentials,
             insecure,

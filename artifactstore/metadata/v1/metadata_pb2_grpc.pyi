@@ -64,6 +64,17 @@ class MetadataServiceStub:
     """By digest: removes the manifest, every tag pointing at it and its references. By tag:
     removes only the tag. NOT_FOUND / MANIFEST_UNKNOWN when there is nothing to remove.
     """
+    WatchManifestChanges: _grpc.StreamStreamMultiCallable[_metadata_pb2.ManifestChangesAck, _metadata_pb2.ManifestChanges]
+    """Cache coherence for a reader that keeps copies of GetManifest answers (the gateway):
+    the stream names every repository (or project, for scan policies) whose manifests,
+    tags, scan summaries or existence a commit changed, in `sequence` order. The reader
+    acknowledges what it has applied; a commit that changed manifest reads does not
+    answer its caller until every reader holding a lease has acknowledged it (or that
+    reader's lease has run out), so no copy outlives the write that made it stale. The
+    reader may use its copies only while its lease runs (see ManifestChanges). The first
+    message says whether copies may be kept at all: not when this metadata_svc shares
+    its store with other writers (FoundationDB), whose commits it never sees.
+    """
     ListTags: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.ListTagsRequest, _metadata_pb2.ListTagsResponse]
     """Tags of a repository in lexical order, at most `limit` after `last`."""
     ListRepositories: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.ListRepositoriesRequest, _metadata_pb2.ListRepositoriesResponse]
@@ -136,6 +147,17 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     DeleteManifest: _aio.UnaryUnaryMultiCallable[_metadata_pb2.DeleteManifestRequest, _metadata_pb2.DeleteManifestResponse]  # type: ignore[assignment]
     """By digest: removes the manifest, every tag pointing at it and its references. By tag:
     removes only the tag. NOT_FOUND / MANIFEST_UNKNOWN when there is nothing to remove.
+    """
+    WatchManifestChanges: _aio.StreamStreamMultiCallable[_metadata_pb2.ManifestChangesAck, _metadata_pb2.ManifestChanges]  # type: ignore[assignment]
+    """Cache coherence for a reader that keeps copies of GetManifest answers (the gateway):
+    the stream names every repository (or project, for scan policies) whose manifests,
+    tags, scan summaries or existence a commit changed, in `sequence` order. The reader
+    acknowledges what it has applied; a commit that changed manifest reads does not
+    answer its caller until every reader holding a lease has acknowledged it (or that
+    reader's lease has run out), so no copy outlives the write that made it stale. The
+    reader may use its copies only while its lease runs (see ManifestChanges). The first
+    message says whether copies may be kept at all: not when this metadata_svc shares
+    its store with other writers (FoundationDB), whose commits it never sees.
     """
     ListTags: _aio.UnaryUnaryMultiCallable[_metadata_pb2.ListTagsRequest, _metadata_pb2.ListTagsResponse]  # type: ignore[assignment]
     """Tags of a repository in lexical order, at most `limit` after `last`."""
@@ -224,6 +246,23 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_metadata_pb2.DeleteManifestResponse, _abc.Awaitable[_metadata_pb2.DeleteManifestResponse]]:
         """By digest: removes the manifest, every tag pointing at it and its references. By tag:
         removes only the tag. NOT_FOUND / MANIFEST_UNKNOWN when there is nothing to remove.
+        """
+
+    @_abc_1.abstractmethod
+    def WatchManifestChanges(
+        self,
+        request_iterator: _MaybeAsyncIterator[_metadata_pb2.ManifestChangesAck],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_metadata_pb2.ManifestChanges], _abc.AsyncIterator[_metadata_pb2.ManifestChanges]]:
+        """Cache coherence for a reader that keeps copies of GetManifest answers (the gateway):
+        the stream names every repository (or project, for scan policies) whose manifests,
+        tags, scan summaries or existence a commit changed, in `sequence` order. The reader
+        acknowledges what it has applied; a commit that changed manifest reads does not
+        answer its caller until every reader holding a lease has acknowledged it (or that
+        reader's lease has run out), so no copy outlives the write that made it stale. The
+        reader may use its copies only while its lease runs (see ManifestChanges). The first
+        message says whether copies may be kept at all: not when this metadata_svc shares
+        its store with other writers (FoundationDB), whose commits it never sees.
         """
 
     @_abc_1.abstractmethod

@@ -1,0 +1,105 @@
+"""WatchManifestChanges: a real metadata_svc holds each commit that changes manifest reads
+until every leased watcher has acknowledged it, and names what changed."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+from artifactstore import rpc
+from artifactstore.digests import sha256_of
+from artifactstore.metadata.v1 import metadata_pb2 as pb
+from tests.contract.test_metadata_service import CONFIG, LAYER, image, link
+from tests.contract.test_metadata_service import stub as stub
+
+if TYPE_CHECKING:
+    from artifactstore.metadata.v1.metadata_pb2_grpc import MetadataServiceAsyncStub as Stub
+
+
+class Watcher:
+    """One watch stream whose acks the test sends (or withholds) itself."""
+
+    def __init__(self, stub: Stub) -> None:
+        self._acks: asyncio.Queue[pb.ManifestChangesAck] = asyncio.Queue()
+        self._next_ack = 0
+        self.call = stub.WatchManifestChanges(self._outgoing())
+
+    async def _outgoing(self) -> AsyncIterator[pb.ManifestChangesAck]:
+        while True:
+            yield await self._acks.get()
+
+    async def next(self) -> pb.ManifestChanges:
+        message = await asyncio.wait_for(self.call.read(), 10)
+        assert isinstance(message, pb.ManifestChanges)
+        return message
+
+    def ack(self, sequence: int) -> None:
+        self._next_ack += 1
+        self._acks.put_nowait(pb.ManifestChangesAck(ack_id=self._next_ack, sequence=sequence))
+
+    async def next_change(self) -> pb.ManifestChanges:
+        """The next message that names a change (heartbeats acknowledged and skipped)."""
+        while True:
+            message = await self.next()
+            if message.repositories or message.projects or message.everything:
+                return message
+            self.ack(message.sequence)
+
+
+def put(stub: Stub, repo: str, tag: str, **extra: object) -> asyncio.Task[pb.PutManifestResponse]:
+    body = image(annotations={"n": tag, **extra})
+    request = pb.PutManifestRequest(
+        repository=repo,
+        reference=tag,
+        media_type="application/vnd.oci.image.manifest.v1+json",
+        content=body,
+    )
+    return asyncio.ensure_future(rpc.call(stub.PutManifest(request)))
+
+
+async def test_a_commit_waits_for_the_watchers_ack(stub: Stub) -> None:
+    await link(stub, "p/app", CONFIG, LAYER)
+    watcher = Watcher(stub)
+    first = await watcher.next()
+    assert first.cacheable and first.lease_seconds > 0 and not first.repositories
+    watcher.ack(first.sequence)
+
+    pushed = put(stub, "p/app", "v1")
+    change = await watcher.next_change()
+    assert list(change.repositories) == ["p/app"] and change.sequence > first.sequence
+    await asyncio.sleep(0.3)
+    assert not pushed.done(), "the commit answered before the watcher acknowledged it"
+    watcher.ack(change.sequence)
+    reply = await asyncio.wait_for(pushed, 5)
+    assert reply.digest.startswith("sha256:")
+
+    # A blob link changes no manifest read: no message, no wait.
+    started = time.monotonic()
+    await link(stub, "p/app", sha256_of(b"another"))
+    assert time.monotonic() - started < 1.0
+    watcher.call.cancel()
+
+
+async def test_a_silent_watcher_holds_commits_for_one_lease_at_most(stub: Stub) -> None:
+    await link(stub, "p/app", CONFIG, LAYER)
+    watcher = Watcher(stub)
+    first = await watcher.next()
+    watcher.ack(first.sequence)
+    started = time.monotonic()
+    await asyncio.wait_for(put(stub, "p/app", "v1"), 15)  # never acknowledged
+    held = time.monotonic() - started
+    assert 0.5 < held <= first.lease_seconds + 1.5
+    watcher.call.cancel()
+
+
+async def test_a_closed_watch_releases_waiting_commits(stub: Stub) -> None:
+    await link(stub, "p/app", CONFIG, LAYER)
+    watcher = Watcher(stub)
+    first = await watcher.next()
+    watcher.ack(first.sequence)
+    pushed = put(stub, "p/app", "v1")
+    await watcher.next_change()
+    watcher.call.cancel()
+    await asyncio.wait_for(pushed, 2)
