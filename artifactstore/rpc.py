@@ -235,6 +235,9 @@ async def serve(
 # DEADLINE_EXCEEDED instead of hanging; a restarting service is back well within it.
 UNARY_TIMEOUT_SECONDS = 10.0
 
+# The gRPC metadata by which a manifest writer names its own WatchManifestChanges watch.
+WATCHER_METADATA = "artifactstore-watcher"
+
 
 class _Traced:
     """A multicallable whose calls get a CLIENT span, carry its trace context to the

@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.metrics import REGISTRY
+from artifactstore.rpc import WATCHER_METADATA
 
 if TYPE_CHECKING:
     from artifactstore.metadata.v1.metadata_pb2_grpc import MetadataServiceAsyncStub
@@ -62,6 +63,8 @@ class ManifestCache:
         self._lease_until = 0.0
         # Moves on every change applied: a read begun before it may be stale.
         self.generation = 0
+        # This gateway's watch, named to metadata_svc with its own writes.
+        self._watcher_id = ""
 
     def leased(self) -> bool:
         return time.monotonic() < self._lease_until
@@ -101,6 +104,18 @@ class ManifestCache:
         if not keys:
             del self._by_repository[key[0]]
 
+    def writer_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What a PutManifest or DeleteManifest call sends so that its commit does not
+        wait for this gateway's ack; the caller must call `written` once answered."""
+        return ((WATCHER_METADATA, self._watcher_id),) if self._watcher_id else ()
+
+    def written(self, repository: str) -> None:
+        """Drop the copies of a repository this gateway has just written (or may have:
+        call it whatever the write's outcome)."""
+        self.generation += 1
+        for key in list(self._by_repository.get(repository, ())):
+            self._drop(key)
+
     def clear(self) -> None:
         self.generation += 1
         self._entries.clear()
@@ -119,8 +134,7 @@ class ManifestCache:
         for project in changes.projects:
             repositories.update(r for r in self._by_repository if r.split("/", 1)[0] == project)
         for repository in repositories:
-            for key in list(self._by_repository.get(repository, ())):
-                self._drop(key)
+            self.written(repository)
 
     async def watch(self, metadata: MetadataServiceAsyncStub) -> None:
         """Follow metadata_svc's change feed for good, reconnecting when it breaks (and
@@ -132,6 +146,7 @@ class ManifestCache:
             except grpc.aio.AioRpcError as err:
                 log.debug("manifest change feed interrupted: %s", err.code())
             self._lease_until = 0.0
+            self._watcher_id = ""
             self.clear()
             await asyncio.sleep(retry)
 
@@ -151,6 +166,7 @@ class ManifestCache:
                     return UNCACHEABLE_RETRY_SECONDS
                 if next_ack == 0:
                     self.clear()  # Whatever was kept before this stream may be stale.
+                    self._watcher_id = changes.watcher_id
                 self.apply(changes)
                 granted = sent_at.pop(changes.granted_ack_id, None)
                 if granted is not None:

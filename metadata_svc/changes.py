@@ -20,13 +20,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import itertools
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 
+import grpc
+
 from artifactstore.metadata.v1 import metadata_pb2 as pb
+from artifactstore.rpc import WATCHER_METADATA
 from metadata_svc.keys import EVERYTHING, Keyspace, Scope, manifest_read_scope
 
 # How long a watcher that stopped acknowledging can hold commits back; heartbeats renew
@@ -34,6 +39,22 @@ from metadata_svc.keys import EVERYTHING, Keyspace, Scope, manifest_read_scope
 LEASE_SECONDS = 4.0
 # Changes kept for watchers that are behind; one further behind is told to drop all.
 BACKLOG = 10_000
+
+# The watch whose ack the current call's commits need not wait for (its caller's).
+_excused: contextvars.ContextVar[str] = contextvars.ContextVar("excused_watcher", default="")
+_ids = itertools.count(1)
+
+
+@contextlib.contextmanager
+def excusing_caller(context: grpc.aio.ServicerContext) -> Iterator[None]:
+    """Within the context, commits do not wait for the watch the caller named: a gateway
+    that drops its own copies of what it wrote once answered."""
+    named = dict(context.invocation_metadata() or ()).get(WATCHER_METADATA, "")
+    token = _excused.set(named if isinstance(named, str) else "")
+    try:
+        yield
+    finally:
+        _excused.reset(token)
 
 
 @dataclass(eq=False)
@@ -43,6 +64,7 @@ class _Watcher:
     lease_until: float
     sent: int
     ack_id: int = 0
+    id: str = field(default_factory=lambda: str(next(_ids)))
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -79,10 +101,15 @@ class ChangeFeed:
 
     async def delivered(self, sequence: int) -> None:
         """See CommitObserver.delivered: wait until every leased watcher has acked."""
+        excused = _excused.get()
         async with self._acked:
             while True:
                 now = time.monotonic()
-                waiting = [w for w in self._watchers if w.acked < sequence and w.lease_until > now]
+                waiting = [
+                    w
+                    for w in self._watchers
+                    if w.acked < sequence and w.lease_until > now and w.id != excused
+                ]
                 if not waiting:
                     return
                 timeout = min(w.lease_until for w in waiting) - now
@@ -107,7 +134,9 @@ class ChangeFeed:
         self._watchers.add(watcher)
         reader = asyncio.create_task(self._read_acks(watcher, acks))
         try:
-            yield pb.ManifestChanges(sequence=current, cacheable=True, lease_seconds=self._lease)
+            yield pb.ManifestChanges(
+                sequence=current, cacheable=True, lease_seconds=self._lease, watcher_id=watcher.id
+            )
             while not reader.done():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(watcher.wake.wait(), self._lease / 4)

@@ -12,7 +12,7 @@ import grpc
 
 from artifactstore.metadata.v1 import metadata_pb2 as pb
 from artifactstore.metadata.v1 import metadata_pb2_grpc
-from metadata_svc.changes import ChangeFeed
+from metadata_svc.changes import ChangeFeed, excusing_caller
 from metadata_svc.queues import QueueStore, Task
 from metadata_svc.scans_service import policy_to_pb, summary_to_pb
 from metadata_svc.store import MetadataStore, UploadRecord
@@ -60,9 +60,10 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
     async def PutManifest(
         self, request: pb.PutManifestRequest, context: Context
     ) -> pb.PutManifestResponse:
-        record = await self._store.put_manifest(
-            request.repository, request.reference, request.media_type, request.content
-        )
+        with excusing_caller(context):
+            record = await self._store.put_manifest(
+                request.repository, request.reference, request.media_type, request.content
+            )
         return pb.PutManifestResponse(digest=record.digest, subject_digest=record.subject)
 
     async def GetManifest(self, request: pb.GetManifestRequest, context: Context) -> pb.Manifest:
@@ -103,7 +104,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
     async def DeleteManifest(
         self, request: pb.DeleteManifestRequest, context: Context
     ) -> pb.DeleteManifestResponse:
-        digest, tags = await self._store.delete_manifest(request.repository, request.reference)
+        with excusing_caller(context):
+            digest, tags = await self._store.delete_manifest(request.repository, request.reference)
         return pb.DeleteManifestResponse(digest=digest, removed_tags=tags)
 
     async def ListTags(self, request: pb.ListTagsRequest, context: Context) -> pb.ListTagsResponse:

@@ -48,15 +48,16 @@ class Watcher:
             self.ack(message.sequence)
 
 
-def put(stub: Stub, repo: str, tag: str, **extra: object) -> asyncio.Task[pb.PutManifestResponse]:
-    body = image(annotations={"n": tag, **extra})
+def put(stub: Stub, repo: str, tag: str, watcher: str = "") -> asyncio.Task[pb.PutManifestResponse]:
+    body = image(annotations={"n": tag})
     request = pb.PutManifestRequest(
         repository=repo,
         reference=tag,
         media_type="application/vnd.oci.image.manifest.v1+json",
         content=body,
     )
-    return asyncio.ensure_future(rpc.call(stub.PutManifest(request)))
+    metadata = ((rpc.WATCHER_METADATA, watcher),) if watcher else ()
+    return asyncio.ensure_future(rpc.call(stub.PutManifest(request, metadata=metadata)))
 
 
 async def test_a_commit_waits_for_the_watchers_ack(stub: Stub) -> None:
@@ -103,3 +104,18 @@ async def test_a_closed_watch_releases_waiting_commits(stub: Stub) -> None:
     await watcher.next_change()
     watcher.call.cancel()
     await asyncio.wait_for(pushed, 2)
+
+
+async def test_the_writers_own_watch_is_not_waited_for(stub: Stub) -> None:
+    """A gateway naming its own watch with a PutManifest drops its copies itself: the
+    commit answers without its ack, and still tells it (and others) what changed."""
+    await link(stub, "p/app", CONFIG, LAYER)
+    watcher = Watcher(stub)
+    first = await watcher.next()
+    assert first.watcher_id
+    watcher.ack(first.sequence)
+    reply = await asyncio.wait_for(put(stub, "p/app", "v1", watcher=first.watcher_id), 2)
+    assert reply.digest.startswith("sha256:")
+    change = await watcher.next_change()
+    assert list(change.repositories) == ["p/app"]
+    watcher.call.cancel()

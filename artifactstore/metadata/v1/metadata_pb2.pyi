@@ -554,6 +554,7 @@ class ManifestChanges(_message.Message):
     REPOSITORIES_FIELD_NUMBER: _builtins.int
     PROJECTS_FIELD_NUMBER: _builtins.int
     EVERYTHING_FIELD_NUMBER: _builtins.int
+    WATCHER_ID_FIELD_NUMBER: _builtins.int
     sequence: _builtins.int
     """Increases with every commit that changed manifest reads; a heartbeat repeats it."""
     cacheable: _builtins.bool
@@ -565,6 +566,11 @@ class ManifestChanges(_message.Message):
     granted_ack_id: _builtins.int
     everything: _builtins.bool
     """The reader fell too far behind for the changes to be listed: drop every copy."""
+    watcher_id: _builtins.str
+    """In the first message: this watch's id. A writer that is also this reader sends it
+    as the gRPC metadata `artifactstore-watcher` with PutManifest and DeleteManifest, and
+    is then not waited for: it drops its copies of the repository itself once answered.
+    """
     @_builtins.property
     def repositories(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What changed since the previous message (none in a heartbeat)."""
@@ -583,10 +589,11 @@ class ManifestChanges(_message.Message):
         repositories: _abc.Iterable[_builtins.str] | None = ...,
         projects: _abc.Iterable[_builtins.str] | None = ...,
         everything: _builtins.bool = ...,
+        watcher_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cacheable", b"cacheable", "everything", b"everything", "granted_ack_id", b"granted_ack_id", "lease_seconds", b"lease_seconds", "projects", b"projects", "repositories", b"repositories", "sequence", b"sequence"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cacheable", b"cacheable", "everything", b"everything", "granted_ack_id", b"granted_ack_id", "lease_seconds", b"lease_seconds", "projects", b"projects", "repositories", b"repositories", "sequence", b"sequence", "watcher_id", b"watcher_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,7 +70,8 @@ class MetadataServiceStub:
     tags, scan summaries or existence a commit changed, in `sequence` order. The reader
     acknowledges what it has applied; a commit that changed manifest reads does not
     answer its caller until every reader holding a lease has acknowledged it (or that
-    reader's lease has run out), so no copy outlives the write that made it stale. The
+    reader's lease has run out, or the caller is that reader and said so: see
+    ManifestChanges.watcher_id), so no copy outlives the write that made it stale. The
     reader may use its copies only while its lease runs (see ManifestChanges). The first
     message says whether copies may be kept at all: not when this metadata_svc shares
     its store with other writers (FoundationDB), whose commits it never sees.
@@ -154,7 +155,8 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     tags, scan summaries or existence a commit changed, in `sequence` order. The reader
     acknowledges what it has applied; a commit that changed manifest reads does not
     answer its caller until every reader holding a lease has acknowledged it (or that
-    reader's lease has run out), so no copy outlives the write that made it stale. The
+    reader's lease has run out, or the caller is that reader and said so: see
+    ManifestChanges.watcher_id), so no copy outlives the write that made it stale. The
     reader may use its copies only while its lease runs (see ManifestChanges). The first
     message says whether copies may be kept at all: not when this metadata_svc shares
     its store with other writers (FoundationDB), whose commits it never sees.
@@ -259,7 +261,8 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         tags, scan summaries or existence a commit changed, in `sequence` order. The reader
         acknowledges what it has applied; a commit that changed manifest reads does not
         answer its caller until every reader holding a lease has acknowledged it (or that
-        reader's lease has run out), so no copy outlives the write that made it stale. The
+        reader's lease has run out, or the caller is that reader and said so: see
+        ManifestChanges.watcher_id), so no copy outlives the write that made it stale. The
         reader may use its copies only while its lease runs (see ManifestChanges). The first
         message says whether copies may be kept at all: not when this metadata_svc shares
         its store with other writers (FoundationDB), whose commits it never sees.
