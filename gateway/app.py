@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
 from aiohttp import web
 
 from artifactstore.config import Settings
-from gateway.auth import GATEKEEPER, Gatekeeper, auth_middleware, policy_watch
+from gateway.auth import GATEKEEPER, Gatekeeper, auth_middleware
 from gateway.clients import connect
 from gateway.errors import error_middleware
 from gateway.keys import BLOB_FILES, CLIENTS, MANIFEST_CACHE, SETTINGS
 from gateway.localfiles import BlobFiles
-from gateway.manifest_cache import ManifestCache, manifest_watch
+from gateway.manifest_cache import ManifestCache
 from gateway.observe import observe_middleware
 from gateway.responses import API_VERSION
 from gateway.routes import setup_routes
@@ -29,10 +30,26 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
         issuer = TokenIssuer(key, settings.token_service)
         app[GATEKEEPER] = keeper = Gatekeeper(backends.iam, issuer, settings.token_realm)
         app[MANIFEST_CACHE] = cache = ManifestCache(settings.manifest_cache_bytes)
-        async with policy_watch(keeper), contextlib.AsyncExitStack() as stack:
-            if settings.manifest_cache_bytes > 0:
-                await stack.enter_async_context(manifest_watch(cache, backends.metadata))
+        watches = [keeper.watch_policy()]
+        if settings.manifest_cache_bytes > 0:
+            watches.append(cache.watch(backends.metadata))
+        async with _running(watches):
             yield
+
+
+@contextlib.asynccontextmanager
+async def _running(coroutines: list[Coroutine[Any, Any, None]]) -> AsyncIterator[None]:
+    """Run the coroutines (the gateway's watches, which never return) as tasks for the
+    life of the context."""
+    tasks = [asyncio.create_task(c) for c in coroutines]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 async def _api_version(request: web.Request, response: web.StreamResponse) -> None:

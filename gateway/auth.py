@@ -21,11 +21,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -307,15 +306,3 @@ def auth_middleware(
         return await handler(request)
 
     return middleware
-
-
-@contextlib.asynccontextmanager
-async def policy_watch(keeper: Gatekeeper) -> AsyncIterator[None]:
-    """Run the keeper's policy watch for the life of the context."""
-    task = asyncio.create_task(keeper.watch_policy())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

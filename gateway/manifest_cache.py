@@ -12,7 +12,6 @@ metadata_svc as before.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -180,17 +179,3 @@ class ManifestCache:
         finally:
             call.cancel()
         return RECONNECT_SECONDS
-
-
-@contextlib.asynccontextmanager
-async def manifest_watch(
-    cache: ManifestCache, metadata: MetadataServiceAsyncStub
-) -> AsyncIterator[None]:
-    """Keep `cache` coherent for the life of the context."""
-    task = asyncio.create_task(cache.watch(metadata))
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -87,15 +87,18 @@ class ChangeFeed:
 
     def committed(self, written: Sequence[tuple[bytes, bytes]]) -> int:
         """See CommitObserver.committed."""
-        scopes = {manifest_read_scope(self._keys, begin, end) for begin, end in written}
-        scopes.discard(None)
+        scopes = {
+            scope
+            for begin, end in written
+            if (scope := manifest_read_scope(self._keys, begin, end)) is not None
+        }
         if not scopes:
             return 0
         with self._lock:
             self._sequence += 1
             sequence = self._sequence
-            changed = [EVERYTHING] if EVERYTHING in scopes else scopes
-            self._backlog.extend((sequence, scope) for scope in changed if scope is not None)
+            changed = {EVERYTHING} if EVERYTHING in scopes else scopes
+            self._backlog.extend((sequence, scope) for scope in changed)
         self._loop.call_soon_threadsafe(self._wake_all)
         return sequence
 
