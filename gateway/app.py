@@ -10,10 +10,11 @@ from typing import Any
 from aiohttp import web
 
 from artifactstore.config import Settings
+from artifactstore.upload_ids import UploadIds
 from gateway.auth import GATEKEEPER, Gatekeeper, auth_middleware
 from gateway.clients import connect
 from gateway.errors import error_middleware
-from gateway.keys import BLOB_FILES, CLIENTS, MANIFEST_CACHE, SETTINGS
+from gateway.keys import BLOB_FILES, CLIENTS, MANIFEST_CACHE, SETTINGS, UPLOAD_IDS
 from gateway.localfiles import BlobFiles
 from gateway.manifest_cache import ManifestCache
 from gateway.observe import observe_middleware
@@ -28,6 +29,7 @@ async def _backends(app: web.Application) -> AsyncIterator[None]:
         app[CLIENTS] = backends
         key = await asyncio.to_thread(load_or_create_key, settings.token_key_file)
         issuer = TokenIssuer(key, settings.token_service)
+        app[UPLOAD_IDS] = UploadIds(key)
         app[GATEKEEPER] = keeper = Gatekeeper(backends.iam, issuer, settings.token_realm)
         app[MANIFEST_CACHE] = cache = ManifestCache(settings.manifest_cache_bytes)
         watches = [keeper.watch_policy()]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from artifactstore.config import Settings
+from artifactstore.upload_ids import UploadIds
 from gateway.clients import Clients
 from gateway.localfiles import BlobFiles
 from gateway.manifest_cache import ManifestCache
@@ -17,6 +18,7 @@ SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", Clients)
 BLOB_FILES = web.AppKey("blob_files", BlobFiles)
 MANIFEST_CACHE = web.AppKey("manifest_cache", ManifestCache)
+UPLOAD_IDS = web.AppKey("upload_ids", UploadIds)
 
 
 def clients(request: web.Request) -> Clients:
@@ -37,3 +39,8 @@ def settings(request: web.Request) -> Settings:
 def manifest_cache(request: web.Request) -> ManifestCache:
     """The manifest cache of the application serving `request`."""
     return request.app[MANIFEST_CACHE]
+
+
+def upload_ids(request: web.Request) -> UploadIds:
+    """How the application serving `request` issues and checks upload ids."""
+    return request.app[UPLOAD_IDS]

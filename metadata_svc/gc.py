@@ -485,10 +485,11 @@ class GcStore:
         await self._db.run(fn)
 
     async def begin_blob_commit(
-        self, directory: str, digest: str, upload_id: str, repo: str = ""
+        self, directory: str, digest: str, upload_id: str, repo: str = "", *, start: bool = False
     ) -> None:
         """Record a commit of `digest` in flight (rule 3); UNAVAILABLE while it is being
-        deleted. With `repo`, BLOB_UPLOAD_UNKNOWN unless the session is `repo`'s."""
+        deleted. With `repo`, BLOB_UPLOAD_UNKNOWN unless the session is `repo`'s (with
+        `start`, an issued session is recorded now: MetadataStore.upload_of)."""
         digest = _digest(digest)
         if repo:
             check_name(repo)  # the session's record then vouches for the id
@@ -498,7 +499,7 @@ class GcStore:
 
         def fn(tr: Transaction) -> None:
             if repo:
-                self._store.upload_of(tr, repo, upload_id)
+                self._store.upload_of(tr, repo, upload_id, start=start)
             if tr.get(keys.gc_blob_deleting(digest)) is not None:
                 raise RegistryError(
                     Reason.UNAVAILABLE,
@@ -618,7 +619,8 @@ class GcStore:
         """Remove the upload sessions of the next batch that are idle for `idle` seconds
         or older than `max_age` seconds, checked in this transaction (a request that
         touches a session concurrently conflicts with it); after the last session, the
-        commit records older than COMMIT_RECORD_SECONDS (commits that never linked)."""
+        commit records older than COMMIT_RECORD_SECONDS (commits that never linked). The
+        first batch also forgets the ended sessions whose ids can no longer start."""
         limit = _batch(batch)
         _check_seconds(idle, "idle_seconds")
         _check_seconds(max_age, "timeout_seconds")
@@ -630,6 +632,10 @@ class GcStore:
                 return expire_commits(tr)
             rows, after, done = _scan(tr, keys.uploads(), cursor, limit)
             now = time.time()
+            if not cursor and not dry_run:
+                ended = keys.uploads_ended()
+                unusable = int(now - self._store.unused_upload_seconds)
+                tr.clear_range(ended.range().start, ended.pack((unusable,)))
             uploads = []
             for key, value in rows:
                 record = UploadRecord(**json.loads(value))

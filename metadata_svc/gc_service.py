@@ -148,7 +148,11 @@ class MetadataGcServicer(gc_pb2_grpc.MetadataGcServiceServicer):
         self, request: pb.BeginBlobCommitRequest, context: Context
     ) -> pb.BeginBlobCommitResponse:
         await self._store.begin_blob_commit(
-            request.directory, request.digest, request.upload_id, request.repository
+            request.directory,
+            request.digest,
+            request.upload_id,
+            request.repository,
+            start=request.start,
         )
         return pb.BeginBlobCommitResponse()
 

@@ -16,6 +16,8 @@ ARTIFACT_STORE_DIRECTORY. The first element numbers the area; numbers are never 
     (11, repo, manifest, tag)           → ''   reverse of (4): the tags of a manifest
     (12, repo, child, parent)           → ''   reverse of (7): the indexes naming a manifest
     (13, repo, blob, manifest)          → ''   reverse of (6): the manifests naming a blob
+    (14, issued second, upload_id)      → ''   an ended session whose issued id
+                                          (artifactstore/upload_ids.py) could still start
     (20, queue, available at µs, task)  → ''   a queue's tasks by when they may be leased
     (21, queue, task)                   → task record (JSON)
     (22, queue, dedup key)              → task id: a task not yet done for this key
@@ -84,6 +86,7 @@ class Area(enum.IntEnum):
     TAG_OF_MANIFEST = 11
     PARENT_OF_MANIFEST = 12
     MANIFEST_OF_BLOB = 13
+    UPLOAD_ENDED = 14
     QUEUE_READY = 20
     QUEUE_TASK = 21
     QUEUE_DEDUP = 22
@@ -176,6 +179,12 @@ class Keyspace:
 
     def uploads(self) -> Subspace:
         return self.root.subspace((Area.UPLOAD,))
+
+    def upload_ended(self, issued: int, upload_id: str) -> bytes:
+        return self.root.pack((Area.UPLOAD_ENDED, issued, upload_id))
+
+    def uploads_ended(self) -> Subspace:
+        return self.root.subspace((Area.UPLOAD_ENDED,))
 
     def blob_refcount(self, digest: str) -> bytes:
         return self.root.pack((Area.BLOB_REFCOUNT, digest))

@@ -59,7 +59,11 @@ async def main(settings: Settings) -> None:
         )
 
     store = MetadataStore(
-        db, settings.directory, on_new_repository=new_repository, on_new_manifest=new_manifest
+        db,
+        settings.directory,
+        on_new_repository=new_repository,
+        on_new_manifest=new_manifest,
+        unused_upload_seconds=settings.gc_upload_idle_seconds,
     )
     generated = await iam.bootstrap(settings.admin_user, settings.admin_password)
     if generated is not None:

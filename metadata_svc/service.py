@@ -166,7 +166,7 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
 
     async def GetUpload(self, request: pb.GetUploadRequest, context: Context) -> pb.UploadSession:
         record = await self._store.get_upload(
-            request.repository, request.upload_id, touch=request.touch
+            request.repository, request.upload_id, touch=request.touch, start=request.start
         )
         return _upload(record)
 

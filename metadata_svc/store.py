@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
+from artifactstore import upload_ids
 from artifactstore.digests import Digest, is_digest, sha256_of
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.manifests import parse
@@ -96,12 +97,15 @@ class MetadataStore:
         directory: str,
         on_new_repository: Callable[[Transaction, str], None] | None = None,
         on_new_manifest: Callable[[Transaction, str, ManifestRecord], None] | None = None,
+        unused_upload_seconds: float = 3600.0,
     ) -> None:
         """`on_new_repository(tr, name)` runs inside the transaction creating a repository
         (IAM creates its project there, so the two never disagree); `on_new_manifest(tr,
         repository, record)` inside the one storing a manifest not stored before (a scan
-        is enqueued there, so no pushed image goes unscanned)."""
+        is enqueued there, so no pushed image goes unscanned). An issued upload id not
+        used within `unused_upload_seconds` (GC's idle limit) cannot start its session."""
         self._db = db
+        self.unused_upload_seconds = unused_upload_seconds
         self._keys = Keyspace(db.directory(directory))
         self._on_new_repository = on_new_repository
         self._on_new_manifest = on_new_manifest
@@ -411,7 +415,7 @@ class MetadataStore:
         def fn(tr: Transaction) -> None:
             self._link(tr, repo, digest, size)
             if upload_id:
-                tr.clear(self._keys.upload(upload_id))
+                self._end_upload(tr, upload_id)
                 # The commit this link completes no longer holds off GC: the link does.
                 tr.clear(self._keys.gc_blob_commit(digest, upload_id))
 
@@ -490,12 +494,15 @@ class MetadataStore:
         await self._db.run(fn)
         return record
 
-    async def get_upload(self, repo: str, upload_id: str, *, touch: bool) -> UploadRecord:
-        """`repo`'s upload session `upload_id`; BLOB_UPLOAD_UNKNOWN when it has none."""
+    async def get_upload(
+        self, repo: str, upload_id: str, *, touch: bool, start: bool = False
+    ) -> UploadRecord:
+        """`repo`'s upload session `upload_id`; BLOB_UPLOAD_UNKNOWN when it has none. With
+        `start`, see `upload_of`."""
         check_name(repo)
 
         def fn(tr: Transaction) -> UploadRecord:
-            record = self.upload_of(tr, repo, upload_id)
+            record = self.upload_of(tr, repo, upload_id, start=start)
             if touch:
                 record = UploadRecord(
                     record.upload_id, record.repository, record.started_at, time.time()
@@ -503,13 +510,20 @@ class MetadataStore:
                 tr.set(self._keys.upload(upload_id), _dump(record))
             return record
 
-        return await (self._db.run(fn) if touch else self._db.read(fn))
+        return await (self._db.run(fn) if touch or start else self._db.read(fn))
 
-    def upload_of(self, tr: Transaction, repo: str, upload_id: str) -> UploadRecord:
+    def upload_of(
+        self, tr: Transaction, repo: str, upload_id: str, *, start: bool = False
+    ) -> UploadRecord:
         """Inside a transaction: `repo`'s upload session `upload_id`; BLOB_UPLOAD_UNKNOWN
-        when it has none."""
-        raw = tr.get(self._keys.upload(upload_id))
+        when it has none. With `start`, the caller vouches that a gateway issued the id for
+        `repo` (artifactstore/upload_ids.py): a session not recorded yet is recorded now,
+        unless it has ended or its id is older than `unused_upload_seconds`."""
+        key = self._keys.upload(upload_id)
+        raw = tr.get(key)
         record = UploadRecord(**json.loads(raw)) if raw else None
+        if record is None and start:
+            record = self._start_issued(tr, repo, upload_id)
         if record is None or record.repository != repo:
             raise RegistryError(
                 Reason.BLOB_UPLOAD_UNKNOWN,
@@ -518,14 +532,33 @@ class MetadataStore:
             )
         return record
 
+    def _start_issued(self, tr: Transaction, repo: str, upload_id: str) -> UploadRecord | None:
+        issued = upload_ids.issued_at(upload_id)
+        now = time.time()
+        if issued is None or not now - self.unused_upload_seconds < issued <= now + 60:
+            return None
+        if tr.get(self._keys.upload_ended(issued, upload_id)) is not None:
+            return None
+        record = UploadRecord(upload_id, repo, float(issued), now)
+        tr.set(self._keys.upload(upload_id), _dump(record))
+        return record
+
+    def _end_upload(self, tr: Transaction, upload_id: str) -> None:
+        """Forget a session; an issued id that could still start it is remembered as ended."""
+        tr.clear(self._keys.upload(upload_id))
+        issued = upload_ids.issued_at(upload_id)
+        if issued is not None and issued > time.time() - self.unused_upload_seconds:
+            tr.set(self._keys.upload_ended(issued, upload_id), b"")
+
     async def delete_upload(self, repo: str, upload_id: str) -> None:
-        """Forget `repo`'s upload session `upload_id` (nothing happens if it is unknown)."""
+        """End `repo`'s upload session `upload_id` (nothing happens if it is another
+        repository's)."""
         check_name(repo)
         key = self._keys.upload(upload_id)
 
         def fn(tr: Transaction) -> None:
             raw = tr.get(key)
-            if raw is not None and json.loads(raw)["repository"] == repo:
-                tr.clear(key)
+            if raw is None or json.loads(raw)["repository"] == repo:
+                self._end_upload(tr, upload_id)
 
         await self._db.run(fn)

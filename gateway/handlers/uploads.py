@@ -27,7 +27,7 @@ from artifactstore.rpc import call
 from gateway import params
 from gateway.auth import gatekeeper, identity
 from gateway.bodies import BodyStream
-from gateway.keys import clients, settings
+from gateway.keys import clients, settings, upload_ids
 from gateway.responses import CONTENT_DIGEST, UPLOAD_UUID
 
 log = logging.getLogger(__name__)
@@ -91,26 +91,34 @@ def _chunk_offset(request: web.Request) -> int | None:
     return first
 
 
+def _issued(request: web.Request, name: str, upload_id: str) -> bool:
+    """Whether a gateway issued `upload_id` for `name`: metadata_svc then records the
+    session at its first use (artifactstore/upload_ids.py)."""
+    return upload_ids(request).vouches(upload_id, name)
+
+
 async def _session(request: web.Request, name: str, *, touch: bool = True) -> str:
     """The path's upload id, once metadata_svc confirms the session belongs to `name`
     (BLOB_UPLOAD_UNKNOWN otherwise) and, with `touch`, has recorded this activity."""
     upload_id = request.match_info["upload_id"]
     await call(
         clients(request).metadata.GetUpload(
-            md.GetUploadRequest(repository=name, upload_id=upload_id, touch=touch)
+            md.GetUploadRequest(
+                repository=name,
+                upload_id=upload_id,
+                touch=touch,
+                start=_issued(request, name, upload_id),
+            )
         )
     )
     return upload_id
 
 
-async def _new_session(request: web.Request, name: str) -> str:
-    """Allocate a session in metadata_svc. Its bytes in blob_svc are started by the first
-    append or by the commit (`start`), which spares a small push a call; until then the
-    session holds no bytes."""
-    session = await call(
-        clients(request).metadata.CreateUpload(md.CreateUploadRequest(repository=name))
-    )
-    return session.upload_id
+def _new_session(request: web.Request, name: str) -> str:
+    """A new session's id, issued here without a call: metadata_svc records the session
+    at its first use, and blob_svc starts its bytes at the first append or at the commit
+    (`start`), so a small push makes three calls in all."""
+    return upload_ids(request).issue(name)
 
 
 async def _append(request: web.Request, upload_id: str, offset: int | None) -> int:
@@ -155,7 +163,12 @@ async def _begin_commit(request: web.Request, name: str, digest: str, upload_id:
         try:
             await call(
                 clients(request).metadata_gc.BeginBlobCommit(
-                    gc.BeginBlobCommitRequest(repository=name, digest=digest, upload_id=upload_id)
+                    gc.BeginBlobCommitRequest(
+                        repository=name,
+                        digest=digest,
+                        upload_id=upload_id,
+                        start=_issued(request, name, upload_id),
+                    )
                 )
             )
             return
@@ -229,14 +242,14 @@ async def start_upload(request: web.Request) -> web.Response:
     query = request.query
     if "digest" in query:
         digest = params.digest(query["digest"])
-        upload_id = await _new_session(request, name)
+        upload_id = _new_session(request, name)
         return await _complete(request, name, upload_id, digest, offset=None)
     mount, source = query.get("mount"), query.get("from")
     if mount and source:
         mounted = await _mount(request, name, mount, source)
         if mounted is not None:
             return _created(name, mounted)
-    upload_id = await _new_session(request, name)
+    upload_id = _new_session(request, name)
     return _progress(name, upload_id, 0, 202)
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from artifactstore import mediatypes as mt
@@ -18,6 +20,7 @@ from artifactstore.digests import sha256_of
 from artifactstore.errors import Reason, RegistryError
 from artifactstore.metadata.v1 import metadata_pb2 as pb
 from artifactstore.metadata.v1 import metadata_pb2_grpc
+from artifactstore.upload_ids import UploadIds, issued_at
 from tests.contract.conftest import StartService
 
 if TYPE_CHECKING:
@@ -408,6 +411,47 @@ async def test_upload_sessions(stub: Stub) -> None:
         grpc.StatusCode.NOT_FOUND,
         stub.GetUpload(pb.GetUploadRequest(repository="p/up", upload_id=other.upload_id)),
     )
+
+
+async def test_issued_upload_sessions_start_at_first_use(stub: Stub) -> None:
+    """An id a gateway issued is recorded by its first GetUpload or BeginBlobCommit with
+    `start`, in its repository only; once ended it never starts again; an id older than
+    the idle limit (ARTS_GC_UPLOAD_IDLE_SECS, 3600 by default) never starts."""
+    ids = UploadIds(ec.generate_private_key(ec.SECP256R1()))
+
+    def get(upload_id: str, *, start: bool = True, repo: str = "p/iss") -> Any:
+        return stub.GetUpload(
+            pb.GetUploadRequest(repository=repo, upload_id=upload_id, start=start)
+        )
+
+    fresh = ids.issue("p/iss")
+    unknown = Reason.BLOB_UPLOAD_UNKNOWN, grpc.StatusCode.NOT_FOUND
+    await expect(*unknown, get(fresh, start=False))
+    started = await rpc.call(get(fresh))
+    assert (started.repository, started.started_at) == ("p/iss", issued_at(fresh))
+    assert (await rpc.call(get(fresh, start=False))).upload_id == fresh
+    await expect(*unknown, get(fresh, repo="p/other"))
+    await rpc.call(stub.DeleteUpload(pb.DeleteUploadRequest(repository="p/iss", upload_id=fresh)))
+    await expect(*unknown, get(fresh))
+
+    # Ended by the link of its commit, never having been recorded before.
+    linked = ids.issue("p/iss")
+    await rpc.call(
+        stub.LinkBlob(
+            pb.LinkBlobRequest(repository="p/iss", digest=str(LAYER), size=5, upload_id=linked)
+        )
+    )
+    await expect(*unknown, get(linked))
+    # Ended before its first use.
+    cancelled = ids.issue("p/iss")
+    await rpc.call(
+        stub.DeleteUpload(pb.DeleteUploadRequest(repository="p/iss", upload_id=cancelled))
+    )
+    await expect(*unknown, get(cancelled))
+
+    await expect(*unknown, get(ids.issue("p/iss", now=time.time() - 3700)))
+    assert (await rpc.call(get(ids.issue("p/iss", now=time.time() - 3500)))).repository
+    await expect(*unknown, get("0" * 63 + "g"))
 
 
 async def test_queue_leases_retries_and_parks(stub: Stub) -> None:

@@ -482,6 +482,37 @@ async def test_cancel_upload(api, unique_repo):
     assert not await api.blob_visible(repo, sha256(data))
 
 
+async def test_sessions_end_for_good_before_and_after_their_bytes(api, unique_repo):
+    """A session the gateway issued is recorded only at its first use; ended before any
+    byte (DELETE right after POST) or by its commit, it stays unknown (404) to every
+    upload endpoint."""
+    repo = unique_repo()
+    data = random_bytes(3000, seed=61)
+    digest = sha256(data)
+    cancelled = await api.start_upload(repo)
+    r = await api.request("DELETE", cancelled)
+    assert r.status == 204, r
+    looked_at = await api.start_upload(repo)
+    r = await api.upload_status(looked_at)
+    assert r.status == 204 and "Range" not in r.headers, r  # nothing held yet
+    r = await api.patch(looked_at, data, 0)
+    assert r.status == 202, r
+    r = await api.finish(looked_at, digest)
+    assert r.status == 201, r
+    closed_at_once = await api.start_upload(repo)
+    put = with_digest(closed_at_once, digest)
+    r = await api.request("PUT", put, data=data, headers={"Content-Type": OCTET})
+    assert r.status == 201, r
+    for location in (cancelled, looked_at, closed_at_once):
+        api.error(await api.upload_status(location), 404, "BLOB_UPLOAD_UNKNOWN")
+        api.error(await api.patch(location, data, 0), 404, "BLOB_UPLOAD_UNKNOWN")
+        put = with_digest(location, digest)
+        r = await api.request("PUT", put, data=data, headers={"Content-Type": OCTET})
+        api.error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+        api.error(await api.request("DELETE", location), 404, "BLOB_UPLOAD_UNKNOWN")
+    assert (await api.request("GET", f"/v2/{repo}/blobs/{digest}")).body == data
+
+
 # --- uploads that must fail ----------------------------------------------------------
 
 
@@ -542,20 +573,23 @@ async def test_truncated_body_is_not_stored(api, registry, unique_repo):
 
 
 async def test_unknown_upload_id(api, unique_repo):
-    """Every upload endpoint with a session id the registry never issued: 404
+    """Every upload endpoint with a session id the registry never issued, one shaped like
+    an issued id but forged, or one issued for another repository: 404
     BLOB_UPLOAD_UNKNOWN (in a repository that exists)."""
     repo = unique_repo()
     await api.push_blob(repo, b"make the repository exist")
-    bogus = f"/v2/{repo}/blobs/uploads/{uuid.uuid4()}"
+    elsewhere = (await api.start_upload(unique_repo())).rsplit("/", 1)[1]
     digest = sha256(b"x")
-    for method, path, data, headers in (
-        ("GET", bogus, None, {}),
-        ("PATCH", bogus, b"x", {"Content-Type": OCTET, "Content-Range": "0-0"}),
-        ("PUT", with_digest(bogus, digest), b"x", {"Content-Type": OCTET}),
-        ("DELETE", bogus, None, {}),
-    ):
-        r = await api.request(method, path, data=data, headers=headers)
-        api.error(r, 404, "BLOB_UPLOAD_UNKNOWN")
+    for upload_id in (str(uuid.uuid4()), "ab" * 32, elsewhere):
+        bogus = f"/v2/{repo}/blobs/uploads/{upload_id}"
+        for method, path, data, headers in (
+            ("GET", bogus, None, {}),
+            ("PATCH", bogus, b"x", {"Content-Type": OCTET, "Content-Range": "0-0"}),
+            ("PUT", with_digest(bogus, digest), b"x", {"Content-Type": OCTET}),
+            ("DELETE", bogus, None, {}),
+        ):
+            r = await api.request(method, path, data=data, headers=headers)
+            api.error(r, 404, "BLOB_UPLOAD_UNKNOWN")
     assert not await api.blob_visible(repo, digest)
 
 

@@ -35,6 +35,7 @@ ARGS = {
     "subject": "sha256:" + "e" * 64,
     "referrer": "sha256:" + "f" * 64,
     "upload_id": "0123abcd",
+    "issued": 1_800_000_000,
     "parent": "sha256:" + "9" * 64,
     "org": "acme",
     "project": "proj",

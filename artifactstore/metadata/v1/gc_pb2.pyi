@@ -531,10 +531,12 @@ class BeginBlobCommitRequest(_message.Message):
     DIGEST_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     REPOSITORY_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     directory: _builtins.str
     digest: _builtins.str
     upload_id: _builtins.str
     repository: _builtins.str
+    start: _builtins.bool
     def __init__(
         self,
         *,
@@ -542,10 +544,11 @@ class BeginBlobCommitRequest(_message.Message):
         digest: _builtins.str = ...,
         upload_id: _builtins.str = ...,
         repository: _builtins.str = ...,
+        start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "directory", b"directory", "repository", b"repository", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "directory", b"directory", "repository", b"repository", "start", b"start", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

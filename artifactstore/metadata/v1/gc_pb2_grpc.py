@@ -184,7 +184,9 @@ class MetadataGcServiceServicer:
         (past any commit's deadline). UNAVAILABLE while the digest is being deleted: its bytes
         may be going, so retry shortly; the commit will then store them anew. With
         `repository`, the session must be that repository's (BLOB_UPLOAD_UNKNOWN otherwise),
-        checked in the same transaction, so the gateway's closing PUT needs no GetUpload.
+        checked in the same transaction, so the gateway's closing PUT needs no GetUpload; with
+        `start` too, a session a gateway issued is recorded if it is not yet (as GetUpload's
+        `start`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

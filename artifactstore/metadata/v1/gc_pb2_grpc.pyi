@@ -111,7 +111,9 @@ class MetadataGcServiceStub:
     (past any commit's deadline). UNAVAILABLE while the digest is being deleted: its bytes
     may be going, so retry shortly; the commit will then store them anew. With
     `repository`, the session must be that repository's (BLOB_UPLOAD_UNKNOWN otherwise),
-    checked in the same transaction, so the gateway's closing PUT needs no GetUpload.
+    checked in the same transaction, so the gateway's closing PUT needs no GetUpload; with
+    `start` too, a session a gateway issued is recorded if it is not yet (as GetUpload's
+    `start`).
     """
     DeleteRepository: _grpc.UnaryUnaryMultiCallable[_gc_pb2.DeleteRepositoryRequest, _gc_pb2.DeleteRepositoryResponse]
     """Deletes a repository (an owner's action): at once, its name, tags, manifests and
@@ -189,7 +191,9 @@ class MetadataGcServiceAsyncStub(MetadataGcServiceStub):
     (past any commit's deadline). UNAVAILABLE while the digest is being deleted: its bytes
     may be going, so retry shortly; the commit will then store them anew. With
     `repository`, the session must be that repository's (BLOB_UPLOAD_UNKNOWN otherwise),
-    checked in the same transaction, so the gateway's closing PUT needs no GetUpload.
+    checked in the same transaction, so the gateway's closing PUT needs no GetUpload; with
+    `start` too, a session a gateway issued is recorded if it is not yet (as GetUpload's
+    `start`).
     """
     DeleteRepository: _aio.UnaryUnaryMultiCallable[_gc_pb2.DeleteRepositoryRequest, _gc_pb2.DeleteRepositoryResponse]  # type: ignore[assignment]
     """Deletes a repository (an owner's action): at once, its name, tags, manifests and
@@ -318,7 +322,9 @@ class MetadataGcServiceServicer(metaclass=_abc_1.ABCMeta):
         (past any commit's deadline). UNAVAILABLE while the digest is being deleted: its bytes
         may be going, so retry shortly; the commit will then store them anew. With
         `repository`, the session must be that repository's (BLOB_UPLOAD_UNKNOWN otherwise),
-        checked in the same transaction, so the gateway's closing PUT needs no GetUpload.
+        checked in the same transaction, so the gateway's closing PUT needs no GetUpload; with
+        `start` too, a session a gateway issued is recorded if it is not yet (as GetUpload's
+        `start`).
         """
 
     @_abc_1.abstractmethod

@@ -1066,19 +1066,22 @@ class GetUploadRequest(_message.Message):
     REPOSITORY_FIELD_NUMBER: _builtins.int
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     TOUCH_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
     repository: _builtins.str
     upload_id: _builtins.str
     touch: _builtins.bool
+    start: _builtins.bool
     def __init__(
         self,
         *,
         repository: _builtins.str = ...,
         upload_id: _builtins.str = ...,
         touch: _builtins.bool = ...,
+        start: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["repository", b"repository", "touch", b"touch", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["repository", b"repository", "start", b"start", "touch", b"touch", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -212,9 +212,9 @@ class MetadataServiceServicer:
 
     def LinkBlob(self, request, context):
         """Links a verified canonical blob to a repository (creating the repository if needed)
-        and, when `upload_id` is set, ends that upload session and its commit record
-        (MetadataGcService.BeginBlobCommit) in the same transaction. NOT_FOUND / BLOB_UNKNOWN
-        while GC is deleting the blob (upload it again).
+        and, when `upload_id` is set, ends that upload session (as DeleteUpload) and its
+        commit record (MetadataGcService.BeginBlobCommit) in the same transaction.
+        NOT_FOUND / BLOB_UNKNOWN while GC is deleting the blob (upload it again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -252,14 +252,18 @@ class MetadataServiceServicer:
 
     def GetUpload(self, request, context):
         """An upload session of a repository (NOT_FOUND / BLOB_UPLOAD_UNKNOWN when it does not
-        exist or belongs to another repository). With `touch`, records activity now.
+        exist or belongs to another repository). With `touch`, records activity now. With
+        `start`, the caller vouches that a gateway issued `upload_id` for this repository
+        (artifactstore/upload_ids.py): a session not recorded yet is recorded now, unless it
+        has ended or was issued more than ARTS_GC_UPLOAD_IDLE_SECS ago.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteUpload(self, request, context):
-        """Forgets an upload session. Idempotent.
+        """Ends an upload session: it is forgotten, and an issued id cannot start it again.
+        Idempotent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

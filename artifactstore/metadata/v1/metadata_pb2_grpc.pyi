@@ -86,9 +86,9 @@ class MetadataServiceStub:
     """
     LinkBlob: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.LinkBlobRequest, _metadata_pb2.BlobLink]
     """Links a verified canonical blob to a repository (creating the repository if needed)
-    and, when `upload_id` is set, ends that upload session and its commit record
-    (MetadataGcService.BeginBlobCommit) in the same transaction. NOT_FOUND / BLOB_UNKNOWN
-    while GC is deleting the blob (upload it again).
+    and, when `upload_id` is set, ends that upload session (as DeleteUpload) and its
+    commit record (MetadataGcService.BeginBlobCommit) in the same transaction.
+    NOT_FOUND / BLOB_UNKNOWN while GC is deleting the blob (upload it again).
     """
     MountBlob: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.MountBlobRequest, _metadata_pb2.BlobLink]
     """Links a blob that `from_repository` already has into `repository`
@@ -104,10 +104,15 @@ class MetadataServiceStub:
     """Allocates an upload session for a repository and records its start time."""
     GetUpload: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.GetUploadRequest, _metadata_pb2.UploadSession]
     """An upload session of a repository (NOT_FOUND / BLOB_UPLOAD_UNKNOWN when it does not
-    exist or belongs to another repository). With `touch`, records activity now.
+    exist or belongs to another repository). With `touch`, records activity now. With
+    `start`, the caller vouches that a gateway issued `upload_id` for this repository
+    (artifactstore/upload_ids.py): a session not recorded yet is recorded now, unless it
+    has ended or was issued more than ARTS_GC_UPLOAD_IDLE_SECS ago.
     """
     DeleteUpload: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.DeleteUploadRequest, _metadata_pb2.DeleteUploadResponse]
-    """Forgets an upload session. Idempotent."""
+    """Ends an upload session: it is forgotten, and an issued id cannot start it again.
+    Idempotent.
+    """
     Enqueue: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.EnqueueRequest, _metadata_pb2.Task]
     """Named work queues shared by several workers (scan, GC). A leased task is the
     worker's until its lease runs out, then leasable again; only the holder of the
@@ -171,9 +176,9 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     """
     LinkBlob: _aio.UnaryUnaryMultiCallable[_metadata_pb2.LinkBlobRequest, _metadata_pb2.BlobLink]  # type: ignore[assignment]
     """Links a verified canonical blob to a repository (creating the repository if needed)
-    and, when `upload_id` is set, ends that upload session and its commit record
-    (MetadataGcService.BeginBlobCommit) in the same transaction. NOT_FOUND / BLOB_UNKNOWN
-    while GC is deleting the blob (upload it again).
+    and, when `upload_id` is set, ends that upload session (as DeleteUpload) and its
+    commit record (MetadataGcService.BeginBlobCommit) in the same transaction.
+    NOT_FOUND / BLOB_UNKNOWN while GC is deleting the blob (upload it again).
     """
     MountBlob: _aio.UnaryUnaryMultiCallable[_metadata_pb2.MountBlobRequest, _metadata_pb2.BlobLink]  # type: ignore[assignment]
     """Links a blob that `from_repository` already has into `repository`
@@ -189,10 +194,15 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     """Allocates an upload session for a repository and records its start time."""
     GetUpload: _aio.UnaryUnaryMultiCallable[_metadata_pb2.GetUploadRequest, _metadata_pb2.UploadSession]  # type: ignore[assignment]
     """An upload session of a repository (NOT_FOUND / BLOB_UPLOAD_UNKNOWN when it does not
-    exist or belongs to another repository). With `touch`, records activity now.
+    exist or belongs to another repository). With `touch`, records activity now. With
+    `start`, the caller vouches that a gateway issued `upload_id` for this repository
+    (artifactstore/upload_ids.py): a session not recorded yet is recorded now, unless it
+    has ended or was issued more than ARTS_GC_UPLOAD_IDLE_SECS ago.
     """
     DeleteUpload: _aio.UnaryUnaryMultiCallable[_metadata_pb2.DeleteUploadRequest, _metadata_pb2.DeleteUploadResponse]  # type: ignore[assignment]
-    """Forgets an upload session. Idempotent."""
+    """Ends an upload session: it is forgotten, and an issued id cannot start it again.
+    Idempotent.
+    """
     Enqueue: _aio.UnaryUnaryMultiCallable[_metadata_pb2.EnqueueRequest, _metadata_pb2.Task]  # type: ignore[assignment]
     """Named work queues shared by several workers (scan, GC). A leased task is the
     worker's until its lease runs out, then leasable again; only the holder of the
@@ -301,9 +311,9 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metadata_pb2.BlobLink, _abc.Awaitable[_metadata_pb2.BlobLink]]:
         """Links a verified canonical blob to a repository (creating the repository if needed)
-        and, when `upload_id` is set, ends that upload session and its commit record
-        (MetadataGcService.BeginBlobCommit) in the same transaction. NOT_FOUND / BLOB_UNKNOWN
-        while GC is deleting the blob (upload it again).
+        and, when `upload_id` is set, ends that upload session (as DeleteUpload) and its
+        commit record (MetadataGcService.BeginBlobCommit) in the same transaction.
+        NOT_FOUND / BLOB_UNKNOWN while GC is deleting the blob (upload it again).
         """
 
     @_abc_1.abstractmethod
@@ -349,7 +359,10 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metadata_pb2.UploadSession, _abc.Awaitable[_metadata_pb2.UploadSession]]:
         """An upload session of a repository (NOT_FOUND / BLOB_UPLOAD_UNKNOWN when it does not
-        exist or belongs to another repository). With `touch`, records activity now.
+        exist or belongs to another repository). With `touch`, records activity now. With
+        `start`, the caller vouches that a gateway issued `upload_id` for this repository
+        (artifactstore/upload_ids.py): a session not recorded yet is recorded now, unless it
+        has ended or was issued more than ARTS_GC_UPLOAD_IDLE_SECS ago.
         """
 
     @_abc_1.abstractmethod
@@ -358,7 +371,9 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metadata_pb2.DeleteUploadRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metadata_pb2.DeleteUploadResponse, _abc.Awaitable[_metadata_pb2.DeleteUploadResponse]]:
-        """Forgets an upload session. Idempotent."""
+        """Ends an upload session: it is forgotten, and an issued id cannot start it again.
+        Idempotent.
+        """
 
     @_abc_1.abstractmethod
     def Enqueue(
