@@ -1,4 +1,5 @@
-"""The gateway's cache of manifest reads (GetManifest answers), coherent with every write.
+"""The gateway's cache of manifest reads (GetManifest answers and ListTags pages),
+coherent with every write.
 
 metadata_svc's WatchManifestChanges stream names each repository a commit changed, and a
 commit is answered only once this gateway has acknowledged it (or its lease has run out):
@@ -16,9 +17,10 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from prometheus_client import Counter
 
 from artifactstore.metadata.v1 import metadata_pb2 as md
@@ -42,20 +44,25 @@ UNCACHEABLE_RETRY_SECONDS = 30.0
 
 LOOKUPS = Counter(
     "artifactstore_manifest_cache_lookups",
-    "Manifest reads the gateway answered from its cache (hit) or from metadata_svc (miss).",
-    ["result"],
+    "Manifest and tag-list reads the gateway answered from its cache (hit) or from "
+    "metadata_svc (miss).",
+    ["read", "result"],
     registry=REGISTRY,
 )
 
-Key = tuple[str, str, bool]
+# (repository, what is read: "manifest" or "tags", then that read's arguments).
+Key = tuple[str, ...]
+M = TypeVar("M", bound=Message)
 
 
 class ManifestCache:
-    """GetManifest answers by (repository, reference, head), bounded in bytes (LRU)."""
+    """metadata_svc's answers to manifest reads of a repository, by `Key`, bounded in
+    bytes (LRU)."""
 
     def __init__(self, max_bytes: int) -> None:
         self._max_bytes = max_bytes
-        self._entries: OrderedDict[Key, md.Manifest] = OrderedDict()
+        # Each answer with the bytes it is counted for.
+        self._entries: OrderedDict[Key, tuple[Message, int]] = OrderedDict()
         self._by_repository: dict[str, set[Key]] = {}
         self._bytes = 0
         # Until when (monotonic) the entries may be used; 0 without a lease.
@@ -68,36 +75,33 @@ class ManifestCache:
     def leased(self) -> bool:
         return time.monotonic() < self._lease_until
 
-    def get(self, key: Key) -> md.Manifest | None:
-        """The cached answer, or None (absent, or no lease to use it by)."""
-        if not self.leased():
-            LOOKUPS.labels("miss").inc()
-            return None
-        manifest = self._entries.get(key)
-        if manifest is None:
-            LOOKUPS.labels("miss").inc()
+    def get(self, key: Key, kind: type[M]) -> M | None:
+        """The cached answer (a `kind`), or None (absent, or no lease to use it by)."""
+        entry = self._entries.get(key) if self.leased() else None
+        if entry is None or not isinstance(entry[0], kind):
+            LOOKUPS.labels(key[1], "miss").inc()
             return None
         self._entries.move_to_end(key)
-        LOOKUPS.labels("hit").inc()
-        return manifest
+        LOOKUPS.labels(key[1], "hit").inc()
+        return entry[0]
 
-    def put(self, key: Key, manifest: md.Manifest, generation: int) -> None:
+    def put(self, key: Key, answer: Message, generation: int) -> None:
         """Keep an answer read while `generation` was current, unless a change came since."""
-        size = len(manifest.content) + ENTRY_OVERHEAD
+        size = answer.ByteSize() + ENTRY_OVERHEAD
         if generation != self.generation or not self.leased() or size > MAX_ENTRY_BYTES:
             return
         self._drop(key)
-        self._entries[key] = manifest
+        self._entries[key] = (answer, size)
         self._by_repository.setdefault(key[0], set()).add(key)
         self._bytes += size
         while self._bytes > self._max_bytes and self._entries:
             self._drop(next(iter(self._entries)))
 
     def _drop(self, key: Key) -> None:
-        manifest = self._entries.pop(key, None)
-        if manifest is None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
             return
-        self._bytes -= len(manifest.content) + ENTRY_OVERHEAD
+        self._bytes -= entry[1]
         keys = self._by_repository[key[0]]
         keys.discard(key)
         if not keys:

@@ -1,5 +1,5 @@
-"""The manifest change feed: how readers that keep copies of GetManifest answers (the
-gateway's manifest cache) stay coherent with every commit.
+"""The manifest change feed: how readers that keep copies of GetManifest and ListTags
+answers (the gateway's manifest cache) stay coherent with every commit.
 
 Each commit that writes keys a manifest read depends on (`keys.manifest_read_scope`)
 gets a sequence number and is sent to every watcher (`WatchManifestChanges`). The commit's

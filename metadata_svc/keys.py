@@ -282,8 +282,8 @@ class Keyspace:
 Scope = tuple[str, str]
 EVERYTHING: Scope = ("everything", "")
 
-# The areas GetManifest reads (with its repository check and scan policy), by what their
-# second element names.
+# The areas GetManifest reads (with its repository check and scan policy) and ListTags
+# reads (tags, repository check), by what their second element names.
 _READ_SCOPE_OF_AREA = {
     Area.REPOSITORY: "repository",
     Area.MANIFEST: "repository",
@@ -318,9 +318,9 @@ def repository_content(keys: Keyspace, repo: str) -> list[Subspace]:
 
 
 def manifest_read_scope(keys: Keyspace, begin: bytes, end: bytes) -> Scope | None:
-    """What a write of the keys [begin, end) can change of GetManifest's answers: the
-    repository or project it names, EVERYTHING when the range is not within one, or
-    None when it touches none of the areas a manifest read reads."""
+    """What a write of the keys [begin, end) can change of GetManifest's and ListTags'
+    answers: the repository or project it names, EVERYTHING when the range is not within
+    one, or None when it touches none of the areas those reads read."""
     root = keys.root.key()
     if not begin.startswith(root):
         return EVERYTHING if begin < root < end else None

@@ -52,8 +52,8 @@ async def get_manifest(request: web.Request) -> web.Response:
     reference = params.reference(request)
     head = request.method == hdrs.METH_HEAD
     cache = manifest_cache(request)
-    key = (name, reference, head)
-    manifest = cache.get(key)
+    key = (name, "manifest", reference, "head" if head else "get")
+    manifest = cache.get(key, md.Manifest)
     if manifest is None:
         generation = cache.generation
         manifest = await call(

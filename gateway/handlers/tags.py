@@ -6,7 +6,7 @@ from aiohttp import web
 
 from artifactstore.metadata.v1 import metadata_pb2 as md
 from artifactstore.rpc import call
-from gateway.keys import clients
+from gateway.keys import clients, manifest_cache
 from gateway.params import Page, page_response, repository
 
 
@@ -19,13 +19,18 @@ async def list_tags(request: web.Request) -> web.Response:
     """
     name = repository(request)
     page = Page.of(request)
-    found = await call(
-        clients(request).metadata.ListTags(
-            md.ListTagsRequest(
-                repository=name, limit=1 if page.size == 0 else page.size or 0, last=page.last
+    limit = 1 if page.size == 0 else page.size or 0
+    cache = manifest_cache(request)
+    key = (name, "tags", str(limit), page.last)
+    found = cache.get(key, md.ListTagsResponse)
+    if found is None:
+        generation = cache.generation
+        found = await call(
+            clients(request).metadata.ListTags(
+                md.ListTagsRequest(repository=name, limit=limit, last=page.last)
             )
         )
-    )
+        cache.put(key, found, generation)
     tags = [] if page.size == 0 else list(found.tags)
     more = found.more and page.size != 0
     return page_response(request, page, {"name": name, "tags": tags}, tags, more=more)

@@ -741,19 +741,29 @@ async def test_tag_moves_to_a_new_manifest(api, unique_repo):
 
 async def test_cached_manifest_reads_follow_every_write(api, unique_repo):
     """Reads the gateway answers from its manifest cache change the moment a write
-    returns: a moved tag, a deleted tag, a deleted manifest (HEAD and GET alike)."""
-    hits = ("artifactstore_manifest_cache_lookups_total", (("result", "hit"),))
+    returns: a moved tag, a deleted tag, a deleted manifest (HEAD and GET alike), and the
+    tag list (whole and by page)."""
+    lookups = "artifactstore_manifest_cache_lookups_total"
+    hits = (lookups, (("read", "manifest"), ("result", "hit")))
+    tag_hits = (lookups, (("read", "tags"), ("result", "hit")))
     gateway = _metrics_address(api.registry, "gateway")
     repo = unique_repo()
     old = await api.push_image(repo, "current", seed=60)
     await api.push_image(repo, "keep", seed=61)
-    before = _samples(gateway).get(hits, 0.0)
+    before = _samples(gateway)
     for _ in range(3):
         got = await api.get_manifest(repo, "current")
         assert got.headers.get("Docker-Content-Digest") == old.digest
         head = await api.get_manifest(repo, "current", method="HEAD")
         assert head.headers.get("Docker-Content-Digest") == old.digest
-    assert _samples(gateway).get(hits, 0.0) > before, "the reads never hit the cache"
+        assert await api.tags(repo) == ["current", "keep"]
+        assert (await api.request("GET", f"/v2/{repo}/tags/list?n=1")).json()["tags"] == ["current"]
+    after = _samples(gateway)
+    assert after.get(hits, 0.0) > before.get(hits, 0.0), "the reads never hit the cache"
+    assert after.get(tag_hits, 0.0) > before.get(tag_hits, 0.0), "no tag list hit the cache"
+    await api.push_image(repo, "added", seed=63)
+    assert await api.tags(repo) == ["added", "current", "keep"]
+    assert (await api.request("GET", f"/v2/{repo}/tags/list?n=1")).json()["tags"] == ["added"]
 
     new = await api.push_image(repo, "current", seed=62)
     got = await api.get_manifest(repo, "current")
@@ -768,6 +778,7 @@ async def test_cached_manifest_reads_follow_every_write(api, unique_repo):
     assert (await api.request("DELETE", f"/v2/{repo}/manifests/{new.digest}")).status == 202
     api.error(await api.get_manifest(repo, new.digest), 404, "MANIFEST_UNKNOWN")
     assert (await api.get_manifest(repo, "keep")).status == 200
+    assert await api.tags(repo) == ["added", "keep"]
 
 
 async def test_invalid_manifest_body(api, unique_repo):

@@ -176,7 +176,7 @@ def test_metrics_count_exactly_the_requests_made(start_registry: Callable[..., R
     assert after_gw[not_found] - before_gw.get(not_found, 0) == 1
     # Each GET is answered once: by metadata_svc, or from the gateway's manifest cache
     # (the first cannot be, the cache was empty).
-    hits = ("artifactstore_manifest_cache_lookups_total", (("result", "hit"),))
+    hits = ("artifactstore_manifest_cache_lookups_total", (("read", "manifest"), ("result", "hit")))
     answered = after_md[rpc] - before_md.get(rpc, 0)
     assert answered >= 1
     assert answered + after_gw.get(hits, 0) - before_gw.get(hits, 0) == 5

@@ -173,7 +173,8 @@ class MetadataServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchManifestChanges(self, request_iterator, context):
-        """Cache coherence for a reader that keeps copies of GetManifest answers (the gateway):
+        """Cache coherence for a reader that keeps copies of GetManifest and ListTags answers
+        (the gateway):
         the stream names every repository (or project, for scan policies) whose manifests,
         tags, scan summaries or existence a commit changed, in `sequence` order. The reader
         acknowledges what it has applied; a commit that changed manifest reads does not

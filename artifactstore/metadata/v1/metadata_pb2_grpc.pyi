@@ -65,7 +65,8 @@ class MetadataServiceStub:
     removes only the tag. NOT_FOUND / MANIFEST_UNKNOWN when there is nothing to remove.
     """
     WatchManifestChanges: _grpc.StreamStreamMultiCallable[_metadata_pb2.ManifestChangesAck, _metadata_pb2.ManifestChanges]
-    """Cache coherence for a reader that keeps copies of GetManifest answers (the gateway):
+    """Cache coherence for a reader that keeps copies of GetManifest and ListTags answers
+    (the gateway):
     the stream names every repository (or project, for scan policies) whose manifests,
     tags, scan summaries or existence a commit changed, in `sequence` order. The reader
     acknowledges what it has applied; a commit that changed manifest reads does not
@@ -155,7 +156,8 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     removes only the tag. NOT_FOUND / MANIFEST_UNKNOWN when there is nothing to remove.
     """
     WatchManifestChanges: _aio.StreamStreamMultiCallable[_metadata_pb2.ManifestChangesAck, _metadata_pb2.ManifestChanges]  # type: ignore[assignment]
-    """Cache coherence for a reader that keeps copies of GetManifest answers (the gateway):
+    """Cache coherence for a reader that keeps copies of GetManifest and ListTags answers
+    (the gateway):
     the stream names every repository (or project, for scan policies) whose manifests,
     tags, scan summaries or existence a commit changed, in `sequence` order. The reader
     acknowledges what it has applied; a commit that changed manifest reads does not
@@ -266,7 +268,8 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_metadata_pb2.ManifestChangesAck],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_metadata_pb2.ManifestChanges], _abc.AsyncIterator[_metadata_pb2.ManifestChanges]]:
-        """Cache coherence for a reader that keeps copies of GetManifest answers (the gateway):
+        """Cache coherence for a reader that keeps copies of GetManifest and ListTags answers
+        (the gateway):
         the stream names every repository (or project, for scan policies) whose manifests,
         tags, scan summaries or existence a commit changed, in `sequence` order. The reader
         acknowledges what it has applied; a commit that changed manifest reads does not
