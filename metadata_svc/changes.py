@@ -79,7 +79,8 @@ class ChangeFeed:
         # backlog are shared under this lock.
         self._lock = threading.Lock()
         self._sequence = 0
-        self._backlog: deque[tuple[int, Scope]] = deque(maxlen=BACKLOG)
+        # (sequence, scope, the excused watcher of the commit: it need not be told).
+        self._backlog: deque[tuple[int, Scope, str]] = deque(maxlen=BACKLOG)
         self._watchers: set[_Watcher] = set()
         self._acked = asyncio.Condition()
 
@@ -94,12 +95,13 @@ class ChangeFeed:
         }
         if not scopes:
             return 0
+        writer = _excused.get()
         with self._lock:
             self._sequence += 1
             sequence = self._sequence
             changed = {EVERYTHING} if EVERYTHING in scopes else scopes
-            self._backlog.extend((sequence, scope) for scope in changed)
-        self._loop.call_soon_threadsafe(self._wake_all)
+            self._backlog.extend((sequence, scope, writer) for scope in changed)
+        self._loop.call_soon_threadsafe(self._wake_all, writer)
         return sequence
 
     async def delivered(self, sequence: int) -> None:
@@ -119,9 +121,12 @@ class ChangeFeed:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._acked.wait(), timeout)
 
-    def _wake_all(self) -> None:
+    def _wake_all(self, writer: str) -> None:
+        # The writer's gateway drops its own copies; it hears of the commit with the next
+        # change or heartbeat.
         for watcher in self._watchers:
-            watcher.wake.set()
+            if watcher.id != writer:
+                watcher.wake.set()
 
     # -- WatchManifestChanges ---------------------------------------------------------
 
@@ -159,10 +164,11 @@ class ChangeFeed:
             everything = watcher.sent + 1 < oldest and watcher.sent < current
             if not everything:
                 # Newest first, stopping at what the watcher has had.
-                for sequence, scope in reversed(self._backlog):
+                for sequence, scope, writer in reversed(self._backlog):
                     if sequence <= watcher.sent:
                         break
-                    scopes.add(scope)
+                    if writer != watcher.id:
+                        scopes.add(scope)
         watcher.sent = current
         message = pb.ManifestChanges(
             sequence=current,

@@ -108,14 +108,27 @@ async def test_a_closed_watch_releases_waiting_commits(stub: Stub) -> None:
 
 async def test_the_writers_own_watch_is_not_waited_for(stub: Stub) -> None:
     """A gateway naming its own watch with a PutManifest drops its copies itself: the
-    commit answers without its ack, and still tells it (and others) what changed."""
+    commit answers without its ack, the others are told what changed, and it is not (its
+    stream only moves on to the commit's sequence); others' commits it is told of."""
     await link(stub, "p/app", CONFIG, LAYER)
-    watcher = Watcher(stub)
-    first = await watcher.next()
+    writer, other = Watcher(stub), Watcher(stub)
+    first = await writer.next()
     assert first.watcher_id
-    watcher.ack(first.sequence)
-    reply = await asyncio.wait_for(put(stub, "p/app", "v1", watcher=first.watcher_id), 2)
-    assert reply.digest.startswith("sha256:")
-    change = await watcher.next_change()
+    writer.ack(first.sequence)
+    other.ack((await other.next()).sequence)
+    pushed = put(stub, "p/app", "v1", watcher=first.watcher_id)
+    change = await other.next_change()
     assert list(change.repositories) == ["p/app"]
-    watcher.call.cancel()
+    other.ack(change.sequence)
+    reply = await asyncio.wait_for(pushed, 2)
+    assert reply.digest.startswith("sha256:")
+    while (told := await writer.next()).sequence < change.sequence:
+        writer.ack(told.sequence)
+    assert not told.repositories and not told.everything, told
+    writer.ack(told.sequence)
+
+    pushed = put(stub, "p/app", "v2")  # a commit of no watcher's
+    assert list((await writer.next_change()).repositories) == ["p/app"]
+    writer.call.cancel()
+    other.call.cancel()
+    await asyncio.wait_for(pushed, 2)
