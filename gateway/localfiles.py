@@ -1,6 +1,15 @@
-"""Blobs sent from blob_svc's own files when it keeps them on this host's disk: the kernel
-copies the bytes from the page cache to the client's socket (sendfile), instead of blob_svc
-reading them and both processes passing them through gRPC, protobuf and Python.
+"""Blobs sent from blob_svc's own files when it keeps them on this host's disk: a thread
+copies the file to the client's socket (pread and write through one small buffer, the
+GIL released in both), instead of blob_svc reading them and both processes passing them
+through gRPC, protobuf and Python.
+
+Not sendfile: its socket buffers hold the page cache's pages, which a client on the same
+host then copies out of memory cold; bytes this thread has just read are copied into the
+socket while they are still in the CPU's cache, and the client reads them from there. A
+256 MiB pull by an aiohttp client on this host: sendfile 1.0-1.2 GB/s and 0.19 s of the
+client's CPU; these copies 2.0-2.1 GB/s and 0.12 s (Distribution, which copies too,
+1.6-2.0 GB/s). Over a network the copy costs the gateway more than sendfile would, by an
+estimated tenth of a core per GB/s sent (memory copies run at about 10 GB/s).
 
 blob_svc says where a blob's file is (LocateBlob, and StatBlobs with each answer); the
 answer is cached per digest, as a blob's content never changes. GC may delete the file
@@ -31,14 +40,17 @@ from gateway.clients import Clients
 
 # Bodies up to this size are read by the event loop itself: a thread hop costs more.
 INLINE_BYTES = 256 * 1024
+# The copy buffer of each send: small enough to stay in the CPU's cache between the read
+# and the write.
+COPY_BYTES = 256 * 1024
 # A client that accepts no byte for this long is given up on.
 STALL_SECONDS = 60.0
 # Answers kept; past it they are dropped at once (each costs one call to find again).
 MAX_LOCATIONS = 10_000
 
-# uvloop has no loop.sendfile (asyncio's generic one reads and writes in Python), so the
-# sends run in threads of their own, mostly blocked in the kernel without the GIL.
-_senders = ThreadPoolExecutor(max_workers=64, thread_name_prefix="sendfile")
+# Sends run in threads of their own, mostly in the kernel without the GIL: the event loop
+# would stall on a file's reads (and asyncio's loop.sendfile copies in Python anyway).
+_senders = ThreadPoolExecutor(max_workers=64, thread_name_prefix="blob-send")
 
 
 class BlobFiles:
@@ -139,7 +151,7 @@ async def send(
     # then be reused by another file or socket, which must not be involved.
     out, source = os.dup(sock.fileno()), os.dup(fd)
     sending = asyncio.get_running_loop().run_in_executor(
-        _senders, _sendfile, out, source, offset, count
+        _senders, _copy, out, source, offset, count
     )
     sending.add_done_callback(lambda _: _close(out, source))
     try:
@@ -153,23 +165,28 @@ async def send(
     return sent
 
 
-def _sendfile(out: int, fd: int, offset: int, count: int) -> int:
-    """os.sendfile on a non-blocking socket: wait for room with poll() when it is full."""
+def _copy(out: int, fd: int, offset: int, count: int) -> int:
+    """Copy the file to the non-blocking socket through one reused buffer, waiting for
+    room with poll() when the socket is full."""
+    view = memoryview(bytearray(min(COPY_BYTES, count)))
     sent = 0
     poller = select.poll()
     poller.register(out, select.POLLOUT)
     while sent < count:
-        try:
-            n = os.sendfile(out, fd, offset + sent, count - sent)
-        except BlockingIOError:
-            if not poller.poll(STALL_SECONDS * 1000):
+        chunk = view[: os.preadv(fd, [view[: count - sent]], offset + sent)]
+        if not chunk:
+            return sent  # the file is shorter than it was
+        while chunk:
+            try:
+                n = os.write(out, chunk)
+            except BlockingIOError:
+                if not poller.poll(STALL_SECONDS * 1000):
+                    return sent
+                continue
+            except (BrokenPipeError, ConnectionResetError):
                 return sent
-            continue
-        except (BrokenPipeError, ConnectionResetError):
-            return sent
-        if n == 0:
-            return sent
-        sent += n
+            chunk = chunk[n:]
+            sent += n
     return sent
 
 

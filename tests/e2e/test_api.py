@@ -935,7 +935,7 @@ async def test_referrers_of_unknown_digest(api, unique_repo):
 # --- blobs: ranges, unknown, mount, concurrency, delete ------------------------------
 
 
-# Below and above the size the gateway reads itself rather than sends with sendfile.
+# Below and above the size the gateway reads on its event loop rather than in a thread.
 @pytest.mark.parametrize("size", [10_000, 3 * 1024 * 1024 + 7])
 async def test_blob_range_requests(api, unique_repo, size):
     """GET with Range: 206 with Content-Range and exactly those bytes; a range past the

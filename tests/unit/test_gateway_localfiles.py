@@ -1,4 +1,4 @@
-"""gateway.localfiles sends a blob's file with sendfile in a thread: a request cancelled
+"""gateway.localfiles sends a blob's file from a thread: a request cancelled
 meanwhile (the gateway's forced shutdown) must stop the thread at once, and the thread
 must never use a descriptor number that the request closed and something else reuses
 (it would send another file's bytes, or to another client). A real aiohttp server, a
@@ -69,7 +69,7 @@ async def test_a_cancelled_send_stops_and_uses_no_reused_descriptor(tmp_path: Pa
         head = await loop.sock_recv(client, 4096)
         assert head.startswith(b"HTTP/1.1 200")
         task, fd, transport_fd = await started
-        await asyncio.sleep(0.3)  # the thread is in sendfile, waiting for room
+        await asyncio.sleep(0.3)  # the thread is waiting for room in the socket
         # Every other descriptor of the connection's socket: the thread's.
         connection = _socket_inode(transport_fd)
         thread_sockets = [
