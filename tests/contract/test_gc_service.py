@@ -526,6 +526,10 @@ def start_gc(tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]
         assert process.wait(timeout=15) == 0
 
 
+# A cycle waits up to a lease (ARTS_GC_LEASE_SECS, 60) for tasks another worker holds.
+CYCLE_SECONDS = 120.0
+
+
 def gc_address(tmp_path: Path) -> str:
     return f"unix:{tmp_path / 'data' / 'run' / 'gc.sock'}"
 
@@ -549,7 +553,9 @@ async def test_gc_service_runs_cycles(
         stub: GcServiceAsyncStub = gc_pb2_grpc.GcServiceStub(channel)
         info = await rpc.call(stub.GetServiceInfo(gc_pb2.GetServiceInfoRequest()))
         assert info.enabled
-        dry = await rpc.call(stub.RunCycle(gc_pb2.RunCycleRequest(dry_run=True)))
+        dry = await rpc.call(
+            stub.RunCycle(gc_pb2.RunCycleRequest(dry_run=True), timeout=CYCLE_SECONDS)
+        )
         assert dry.dry_run and dry.phase == "done" and dry.finished_at >= dry.started_at
         assert [c.category for c in dry.categories] == [
             "orphaned_blobs",
@@ -558,7 +564,7 @@ async def test_gc_service_runs_cycles(
             "expired_uploads",
             "untagged_manifests",
         ]
-        cycle = await rpc.call(stub.RunCycle(gc_pb2.RunCycleRequest()))
+        cycle = await rpc.call(stub.RunCycle(gc_pb2.RunCycleRequest(), timeout=CYCLE_SECONDS))
         blobs = cycle.categories[0]
         assert (blobs.marked, blobs.swept) == (1, 1), cycle
         status = await rpc.call(stub.GetStatus(gc_pb2.GetStatusRequest()))
@@ -582,7 +588,11 @@ async def test_gc_service_runs_cycles(
         async with rpc.channel(address) as one, rpc.channel(replica) as two:
             cycles = await asyncio.gather(
                 *(
-                    rpc.call(gc_pb2_grpc.GcServiceStub(c).RunCycle(gc_pb2.RunCycleRequest()))
+                    rpc.call(
+                        gc_pb2_grpc.GcServiceStub(c).RunCycle(
+                            gc_pb2.RunCycleRequest(), timeout=CYCLE_SECONDS
+                        )
+                    )
                     for c in (one, two)
                 )
             )
