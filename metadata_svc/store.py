@@ -30,6 +30,10 @@ DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
 
 
+# How far ahead of this process's clock a gateway's may run (an id issued "in the future").
+CLOCK_SKEW = 60.0
+
+
 @dataclass(frozen=True)
 class ManifestRecord:
     """A stored manifest's metadata (its body is kept in parts beside it)."""
@@ -519,8 +523,7 @@ class MetadataStore:
         when it has none. With `start`, the caller vouches that a gateway issued the id for
         `repo` (artifactstore/upload_ids.py): a session not recorded yet is recorded now,
         unless it has ended or its id is older than `unused_upload_seconds`."""
-        key = self._keys.upload(upload_id)
-        raw = tr.get(key)
+        raw = tr.get(self._keys.upload(upload_id))
         record = UploadRecord(**json.loads(raw)) if raw else None
         if record is None and start:
             record = self._start_issued(tr, repo, upload_id)
@@ -535,7 +538,7 @@ class MetadataStore:
     def _start_issued(self, tr: Transaction, repo: str, upload_id: str) -> UploadRecord | None:
         issued = upload_ids.issued_at(upload_id)
         now = time.time()
-        if issued is None or not now - self.unused_upload_seconds < issued <= now + 60:
+        if issued is None or not now - self.unused_upload_seconds < issued <= now + CLOCK_SKEW:
             return None
         if tr.get(self._keys.upload_ended(issued, upload_id)) is not None:
             return None
