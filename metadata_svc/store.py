@@ -28,8 +28,6 @@ from metadata_svc.scans import Scans, ScanView
 
 DEFAULT_PAGE = 1000
 MAX_PAGE = 10_000
-
-
 # How far ahead of this process's clock a gateway's may run (an id issued "in the future").
 CLOCK_SKEW = 60.0
 
