@@ -500,12 +500,15 @@ class MetadataStore:
         self, repo: str, upload_id: str, *, touch: bool, start: bool = False
     ) -> UploadRecord:
         """`repo`'s upload session `upload_id`; BLOB_UPLOAD_UNKNOWN when it has none. With
-        `start`, see `upload_of`."""
+        `start`, see `upload_of`. With `touch`, its activity is recorded unless it was
+        recorded less than a sixtieth of `unused_upload_seconds` ago (the idle limit), so
+        a client's burst of chunks costs no write each."""
         check_name(repo)
 
         def fn(tr: Transaction) -> UploadRecord:
             record = self.upload_of(tr, repo, upload_id, start=start)
-            if touch:
+            since = time.time() - record.last_activity_at
+            if touch and since >= self.unused_upload_seconds / 60:
                 record = UploadRecord(
                     record.upload_id, record.repository, record.started_at, time.time()
                 )

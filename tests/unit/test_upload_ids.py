@@ -1,5 +1,5 @@
-"""Upload ids a gateway issues (artifactstore/upload_ids.py), and the ended-session keys
-metadata_svc keeps for them, on the embedded KV."""
+"""Upload ids a gateway issues (artifactstore/upload_ids.py), and the sessions metadata_svc
+keeps for them on the embedded KV: ended-session keys, activity."""
 
 from __future__ import annotations
 
@@ -68,3 +68,18 @@ async def test_ended_sessions_are_kept_only_while_their_ids_could_start(
     assert await db.read(ended) == 2, "a dry run removes nothing"
     await gc.expire_uploads(DIRECTORY, b"", 100, idle=3600, max_age=86400, dry_run=False)
     assert await db.read(ended) == 1, "the older id can no longer start: its key goes"
+
+
+async def test_activity_is_recorded_once_per_sixtieth_of_the_idle_limit(
+    db: EmbeddedDatabase,
+) -> None:
+    store = MetadataStore(db, DIRECTORY, unused_upload_seconds=60.0)
+    upload_id = UploadIds(ec.generate_private_key(ec.SECP256R1())).issue("p/r")
+    started = await store.get_upload("p/r", upload_id, touch=False, start=True)
+    soon = await store.get_upload("p/r", upload_id, touch=True, start=True)
+    assert soon.last_activity_at == started.last_activity_at, "touched again within 1 s"
+    await asyncio.sleep(1.1)
+    later = await store.get_upload("p/r", upload_id, touch=True, start=True)
+    assert later.last_activity_at > started.last_activity_at
+    stored = await store.get_upload("p/r", upload_id, touch=False)
+    assert stored.last_activity_at == later.last_activity_at
