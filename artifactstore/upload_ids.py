@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import struct
 import time
 
 from cryptography.hazmat.primitives import hashes
@@ -25,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 NONCE_BYTES = 16
+ISSUED_BYTES = 4  # the issue second, uint32 big-endian
 MAC_BYTES = 12
-ISSUED_ID_LENGTH = 2 * (NONCE_BYTES + 4 + MAC_BYTES)
+ISSUED_ID_LENGTH = 2 * (NONCE_BYTES + ISSUED_BYTES + MAC_BYTES)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -36,7 +36,7 @@ def issued_at(upload_id: str) -> int | None:
     if len(upload_id) != ISSUED_ID_LENGTH or not _HEX.issuperset(upload_id):
         return None
     start = 2 * NONCE_BYTES
-    return int(upload_id[start : start + 8], 16)
+    return int(upload_id[start : start + 2 * ISSUED_BYTES], 16)
 
 
 class UploadIds:
@@ -56,7 +56,7 @@ class UploadIds:
     def issue(self, repository: str, now: float | None = None) -> str:
         """A new id for a session of `repository`."""
         second = int(time.time() if now is None else now)
-        body = os.urandom(NONCE_BYTES) + struct.pack(">I", second)
+        body = os.urandom(NONCE_BYTES) + second.to_bytes(ISSUED_BYTES, "big")
         return (body + self._mac(repository, body)).hex()
 
     def vouches(self, upload_id: str, repository: str) -> bool:
@@ -64,5 +64,5 @@ class UploadIds:
         if issued_at(upload_id) is None:
             return False
         raw = bytes.fromhex(upload_id)
-        body, mac = raw[: NONCE_BYTES + 4], raw[NONCE_BYTES + 4 :]
+        body, mac = raw[: NONCE_BYTES + ISSUED_BYTES], raw[NONCE_BYTES + ISSUED_BYTES :]
         return hmac.compare_digest(mac, self._mac(repository, body))

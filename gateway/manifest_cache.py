@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import grpc
@@ -75,7 +75,16 @@ class ManifestCache:
     def leased(self) -> bool:
         return time.monotonic() < self._lease_until
 
-    def get(self, key: Key, kind: type[M]) -> M | None:
+    async def read(self, key: Key, kind: type[M], fetch: Callable[[], Awaitable[M]]) -> M:
+        """The cached answer to a read, or `fetch()`'s, kept unless a change overtook it."""
+        answer = self._get(key, kind)
+        if answer is None:
+            generation = self.generation
+            answer = await fetch()
+            self._put(key, answer, generation)
+        return answer
+
+    def _get(self, key: Key, kind: type[M]) -> M | None:
         """The cached answer (a `kind`), or None (absent, or no lease to use it by)."""
         entry = self._entries.get(key) if self.leased() else None
         if entry is None or not isinstance(entry[0], kind):
@@ -85,7 +94,7 @@ class ManifestCache:
         LOOKUPS.labels(key[1], "hit").inc()
         return entry[0]
 
-    def put(self, key: Key, answer: Message, generation: int) -> None:
+    def _put(self, key: Key, answer: Message, generation: int) -> None:
         """Keep an answer read while `generation` was current, unless a change came since."""
         size = answer.ByteSize() + ENTRY_OVERHEAD
         if generation != self.generation or not self.leased() or size > MAX_ENTRY_BYTES:

@@ -507,8 +507,8 @@ class MetadataStore:
 
         def fn(tr: Transaction) -> UploadRecord:
             record = self.upload_of(tr, repo, upload_id, start=start)
-            since = time.time() - record.last_activity_at
-            if touch and since >= self.unused_upload_seconds / 60:
+            idle = time.time() - record.last_activity_at
+            if touch and idle >= self.unused_upload_seconds / 60:
                 record = UploadRecord(
                     record.upload_id, record.repository, record.started_at, time.time()
                 )

@@ -51,22 +51,14 @@ async def get_manifest(request: web.Request) -> web.Response:
     name = params.repository(request)
     reference = params.reference(request)
     head = request.method == hdrs.METH_HEAD
-    cache = manifest_cache(request)
-    key = (name, "manifest", reference, "head" if head else "get")
-    manifest = cache.get(key, md.Manifest)
-    if manifest is None:
-        generation = cache.generation
-        manifest = await call(
-            clients(request).metadata.GetManifest(
-                md.GetManifestRequest(
-                    repository=name,
-                    reference=reference,
-                    include_content=not head,
-                    include_scan_policy=not head,
-                )
-            )
-        )
-        cache.put(key, manifest, generation)
+    reading = md.GetManifestRequest(
+        repository=name, reference=reference, include_content=not head, include_scan_policy=not head
+    )
+    manifest = await manifest_cache(request).read(
+        (name, "manifest", reference, "head" if head else "get"),
+        md.Manifest,
+        lambda: call(clients(request).metadata.GetManifest(reading)),
+    )
     if not head:
         _refuse_by_scan_policy(request, name, manifest)
     headers = {

@@ -20,17 +20,12 @@ async def list_tags(request: web.Request) -> web.Response:
     name = repository(request)
     page = Page.of(request)
     limit = 1 if page.size == 0 else page.size or 0
-    cache = manifest_cache(request)
-    key = (name, "tags", str(limit), page.last)
-    found = cache.get(key, md.ListTagsResponse)
-    if found is None:
-        generation = cache.generation
-        found = await call(
-            clients(request).metadata.ListTags(
-                md.ListTagsRequest(repository=name, limit=limit, last=page.last)
-            )
-        )
-        cache.put(key, found, generation)
+    listing = md.ListTagsRequest(repository=name, limit=limit, last=page.last)
+    found = await manifest_cache(request).read(
+        (name, "tags", str(limit), page.last),
+        md.ListTagsResponse,
+        lambda: call(clients(request).metadata.ListTags(listing)),
+    )
     tags = [] if page.size == 0 else list(found.tags)
     more = found.more and page.size != 0
     return page_response(request, page, {"name": name, "tags": tags}, tags, more=more)

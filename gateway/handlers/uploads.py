@@ -159,18 +159,12 @@ async def _begin_commit(request: web.Request, name: str, digest: str, upload_id:
     COMMIT_WAIT_SECONDS, with the session intact for a retry."""
     deadline = time.monotonic() + COMMIT_WAIT_SECONDS
     delay = 0.01
+    begin = gc.BeginBlobCommitRequest(
+        repository=name, digest=digest, upload_id=upload_id, start=_issued(request, name, upload_id)
+    )
     while True:
         try:
-            await call(
-                clients(request).metadata_gc.BeginBlobCommit(
-                    gc.BeginBlobCommitRequest(
-                        repository=name,
-                        digest=digest,
-                        upload_id=upload_id,
-                        start=_issued(request, name, upload_id),
-                    )
-                )
-            )
+            await call(clients(request).metadata_gc.BeginBlobCommit(begin))
             return
         except RegistryError as err:
             if err.reason != Reason.UNAVAILABLE or time.monotonic() + delay > deadline:

@@ -48,6 +48,14 @@ class Watcher:
             self.ack(message.sequence)
 
 
+async def watching(stub: Stub) -> tuple[Watcher, pb.ManifestChanges]:
+    """A watch whose first message (returned) is acknowledged, so it holds a lease."""
+    watcher = Watcher(stub)
+    first = await watcher.next()
+    watcher.ack(first.sequence)
+    return watcher, first
+
+
 def put(stub: Stub, repo: str, tag: str, watcher: str = "") -> asyncio.Task[pb.PutManifestResponse]:
     body = image(annotations={"n": tag})
     request = pb.PutManifestRequest(
@@ -62,10 +70,8 @@ def put(stub: Stub, repo: str, tag: str, watcher: str = "") -> asyncio.Task[pb.P
 
 async def test_a_commit_waits_for_the_watchers_ack(stub: Stub) -> None:
     await link(stub, "p/app", CONFIG, LAYER)
-    watcher = Watcher(stub)
-    first = await watcher.next()
+    watcher, first = await watching(stub)
     assert first.cacheable and first.lease_seconds > 0 and not first.repositories
-    watcher.ack(first.sequence)
 
     pushed = put(stub, "p/app", "v1")
     change = await watcher.next_change()
@@ -85,9 +91,7 @@ async def test_a_commit_waits_for_the_watchers_ack(stub: Stub) -> None:
 
 async def test_a_silent_watcher_holds_commits_for_one_lease_at_most(stub: Stub) -> None:
     await link(stub, "p/app", CONFIG, LAYER)
-    watcher = Watcher(stub)
-    first = await watcher.next()
-    watcher.ack(first.sequence)
+    watcher, first = await watching(stub)
     started = time.monotonic()
     await asyncio.wait_for(put(stub, "p/app", "v1"), 15)  # never acknowledged
     held = time.monotonic() - started
@@ -97,9 +101,7 @@ async def test_a_silent_watcher_holds_commits_for_one_lease_at_most(stub: Stub) 
 
 async def test_a_closed_watch_releases_waiting_commits(stub: Stub) -> None:
     await link(stub, "p/app", CONFIG, LAYER)
-    watcher = Watcher(stub)
-    first = await watcher.next()
-    watcher.ack(first.sequence)
+    watcher, _ = await watching(stub)
     pushed = put(stub, "p/app", "v1")
     await watcher.next_change()
     watcher.call.cancel()
@@ -111,11 +113,8 @@ async def test_the_writers_own_watch_is_not_waited_for(stub: Stub) -> None:
     commit answers without its ack, the others are told what changed, and it is not (its
     stream only moves on to the commit's sequence); others' commits it is told of."""
     await link(stub, "p/app", CONFIG, LAYER)
-    writer, other = Watcher(stub), Watcher(stub)
-    first = await writer.next()
+    (writer, first), (other, _) = await watching(stub), await watching(stub)
     assert first.watcher_id
-    writer.ack(first.sequence)
-    other.ack((await other.next()).sequence)
     pushed = put(stub, "p/app", "v1", watcher=first.watcher_id)
     change = await other.next_change()
     assert list(change.repositories) == ["p/app"]
