@@ -111,3 +111,13 @@ class RegistryError(Exception):
                     return None
                 return cls(reason, status.message, **dict(info.metadata))
         return None
+
+
+def offset_mismatch(upload_id: str, size: int, offset: int) -> RegistryError:
+    """RANGE_INVALID for an append at `offset` to upload session `upload_id`, which holds
+    `size` bytes."""
+    return RegistryError(
+        Reason.RANGE_INVALID,
+        f"upload {upload_id} is at offset {size}, not {offset}",
+        size=str(size),
+    )

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 
@@ -48,11 +48,20 @@ class BlobServicer(blob_pb2_grpc.BlobServiceServicer):
                 Reason.BLOB_UPLOAD_INVALID, "the first WriteUpload message must be the header"
             )
         header = first.header
-        offset = header.offset if header.HasField("offset") else None
-        size = await self._store.write_upload(
-            header.upload_id, offset, _data(messages), start=header.start
-        )
+        if header.appended_by_caller:
+            size = await self._store.hash_appended(header.upload_id, _parts(messages, "appended"))
+        else:
+            offset = header.offset if header.HasField("offset") else None
+            size = await self._store.write_upload(
+                header.upload_id, offset, _parts(messages, "data"), start=header.start
+            )
         return blob_pb2.UploadStatus(upload_id=header.upload_id, size=size)
+
+    async def LocateUpload(
+        self, request: blob_pb2.LocateUploadRequest, context: Context
+    ) -> blob_pb2.UploadLocation:
+        path, size = await self._store.locate_upload(request.upload_id, start=request.start)
+        return blob_pb2.UploadLocation(path=path, size=size)
 
     async def GetUploadStatus(
         self, request: blob_pb2.GetUploadStatusRequest, context: Context
@@ -184,11 +193,15 @@ def _limit(limit: int) -> int:
     return limit
 
 
-async def _data(messages: AsyncIterator[blob_pb2.WriteUploadRequest]) -> AsyncIterator[bytes]:
-    """The payloads of the data messages after the header; a second header is an error."""
+async def _parts(
+    messages: AsyncIterator[blob_pb2.WriteUploadRequest], part: Literal["data", "appended"]
+) -> AsyncIterator[Any]:
+    """The `part` of each message after the header (bytes, or sizes appended by the
+    caller); a message with another part is an error."""
     async for message in messages:
-        if message.WhichOneof("part") != "data":
+        if message.WhichOneof("part") != part:
             raise RegistryError(
-                Reason.BLOB_UPLOAD_INVALID, "only the first WriteUpload message may be a header"
+                Reason.BLOB_UPLOAD_INVALID,
+                f"every WriteUpload message after the header must carry {part}",
             )
-        yield message.data
+        yield getattr(message, part)

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import errno
 import os
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from artifactstore import filelocks
 from artifactstore.digests import ALGORITHMS, Digest
-from artifactstore.errors import Reason, RegistryError
+from artifactstore.errors import Reason, RegistryError, offset_mismatch
 from artifactstore.rpc import STREAM_CHUNK_BYTES
 from artifactstore.storage import StorageOptions, open_storage
 from blob_svc import paths
@@ -52,6 +53,10 @@ READ_BATCH_CHUNKS = 4
 REHASH_BLOCK_BYTES = 8 * 1024 * 1024
 
 T = TypeVar("T")
+
+
+class _Appending(Exception):
+    """A gateway holds the lock of the session's file: it is appending to it itself."""
 
 
 class BlobInfo(NamedTuple):
@@ -191,14 +196,9 @@ class BlobStore:
         started first (`start_upload`).
         """
         paths.check_upload_id(upload_id)
-        async with self._locks.hold(upload_id):
-            size = await self._io(self._start_upload if start else self._session_size, upload_id)
+        async with self._locks.hold(upload_id), self._held_across_awaits(upload_id, start) as size:
             if offset is not None and offset != size:
-                raise RegistryError(
-                    Reason.RANGE_INVALID,
-                    f"upload {upload_id} is at offset {size}, not {offset}",
-                    size=str(size),
-                )
+                raise offset_mismatch(upload_id, size, offset)
             if self._local and await asyncio.to_thread(self._published_before, upload_id):
                 raise _upload_unknown(upload_id)
             state = await asyncio.to_thread(
@@ -227,6 +227,58 @@ class BlobStore:
                 if stored.type == pafs.FileType.File and stored.size == state.size:
                     self._hashes.put(upload_id, state)
             return state.size
+
+    async def locate_upload(self, upload_id: str, *, start: bool = False) -> tuple[str, int]:
+        """The absolute path of session `upload_id`'s data file, and its size, for a caller
+        on this host to append bytes to it itself (blob.proto, LocateUpload); with `start`,
+        a session that does not exist is started first. BLOB_UPLOAD_UNKNOWN as
+        `write_upload` gives it; UNSUPPORTED when the storage is not a local filesystem."""
+        paths.check_upload_id(upload_id)
+        if not self._local:
+            raise RegistryError(
+                Reason.UNSUPPORTED, "upload sessions are not stored on a local filesystem"
+            )
+        async with self._locks.hold(upload_id):
+            size = await asyncio.to_thread(self._located_upload, upload_id, start)
+        return paths.upload_data(self._local_root, upload_id), size
+
+    async def hash_appended(self, upload_id: str, sizes: AsyncIterator[int]) -> int:
+        """Hash the bytes a caller on this host appends to session `upload_id`'s file
+        itself (LocateUpload), up to each size of `sizes` as it arrives, starting their
+        writeback as well; return the last size. BLOB_UPLOAD_INVALID when a size is below
+        the bytes hashed so far or beyond those stored.
+
+        No lock of this process is taken: the caller holds the file's lock until it has
+        this answer, and every other write, commit and cancel of the session waits for
+        that lock (filelocks) before it takes the hash state back.
+        """
+        paths.check_upload_id(upload_id)
+        if not self._local:
+            raise RegistryError(
+                Reason.UNSUPPORTED, "upload sessions are not stored on a local filesystem"
+            )
+        data = paths.upload_data(self._root, upload_id)
+        state = self._hashes.take(upload_id) or HashState()
+        try:
+            writeback = Writeback(data, state.size)
+        except FileNotFoundError:
+            raise _upload_unknown(upload_id) from None
+        try:
+            async for end in sizes:
+                if end < state.size:
+                    raise RegistryError(
+                        Reason.BLOB_UPLOAD_INVALID,
+                        f"upload {upload_id}: {end} bytes appended, after {state.size} before",
+                    )
+                begun = state.size
+                await asyncio.to_thread(self._hash_range, upload_id, begun, end, state.update)
+                writeback.appended(end - begun)
+        finally:
+            writeback.close()
+            stored = await asyncio.to_thread(self._fs.get_file_info, data)
+            if stored.type == pafs.FileType.File and stored.size == state.size:
+                self._hashes.put(upload_id, state)
+        return state.size
 
     async def _write_parts(
         self, upload_id: str, size: int, state: HashState, chunks: AsyncIterator[bytes]
@@ -288,9 +340,18 @@ class BlobStore:
         async with self._locks.hold(upload_id):
             # One worker-thread call for the whole commit: a small blob's push is mostly
             # such fixed costs (a hop is tens of microseconds).
-            info, actual, state = await asyncio.to_thread(
-                self._commit, upload_id, digest, data, self._hashes.take(upload_id), start
-            )
+            while True:
+                state = self._hashes.take(upload_id)
+                try:
+                    info, actual, state = await asyncio.to_thread(
+                        self._commit, upload_id, digest, data, state, start
+                    )
+                    break
+                except _Appending:
+                    # The appender's own state (it hashes as it appends) may replace it.
+                    if state is not None:
+                        self._hashes.put(upload_id, state)
+                    await asyncio.sleep(filelocks.POLL_SECONDS)
             if info is None:
                 if state is not None:
                     self._hashes.put(upload_id, state)
@@ -306,7 +367,12 @@ class BlobStore:
     ) -> tuple[BlobInfo | None, str, HashState | None]:
         """commit_upload's body, in a worker thread: the blob (None when the bytes do not
         match `digest`), the hex digest they have, and the hash state to keep."""
-        size = self._retried(self._start_upload if start else self._session_size, upload_id)
+        with self._held_session(upload_id, start) as size:
+            return self._commit_held(upload_id, digest, data, state, size)
+
+    def _commit_held(
+        self, upload_id: str, digest: Digest, data: bytes, state: HashState | None, size: int
+    ) -> tuple[BlobInfo | None, str, HashState | None]:
         if data:
             if self._published_before(upload_id):
                 raise _upload_unknown(upload_id)
@@ -335,8 +401,9 @@ class BlobStore:
         """
         paths.check_upload_id(upload_id)
         async with self._locks.hold(upload_id):
+            removed = await self._after_appenders(self._cancel, upload_id)
             self._hashes.drop(upload_id)
-            return await self._io(self._remove_session, upload_id)
+            return removed
 
     # ---------------------------------------------------------------- canonical blobs
 
@@ -458,6 +525,67 @@ class BlobStore:
         return await asyncio.to_thread(self._objects.abort_stale_multipart_uploads, older_than)
 
     # ------------------------------------------------------------------ worker threads
+
+    async def _after_appenders(self, fn: Callable[..., T], *args: Any) -> T:
+        """`fn(*args)` in a worker thread, run again a little later while it finds that a
+        gateway is appending to the session's file itself (`_Appending`)."""
+        while True:
+            try:
+                return await asyncio.to_thread(fn, *args)
+            except _Appending:
+                await asyncio.sleep(filelocks.POLL_SECONDS)
+
+    @contextlib.contextmanager
+    def _held_session(self, upload_id: str, start: bool) -> Iterator[int]:
+        """The session's size, the session started first with `start`, for a block that
+        holds the lock of the session's data file on local storage, so that no gateway
+        appends to the file meanwhile (filelocks); `_Appending` while one does."""
+        size = self._retried(self._start_upload if start else self._session_size, upload_id)
+        if not self._local:
+            yield size
+            return
+        try:
+            fd = os.open(paths.upload_data(self._root, upload_id), os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise _upload_unknown(upload_id) from None
+        try:
+            if not filelocks.try_lock(fd):
+                raise _Appending
+            # What the appender added before it let go is the session's too.
+            yield os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+
+    @contextlib.asynccontextmanager
+    async def _held_across_awaits(self, upload_id: str, start: bool) -> AsyncIterator[int]:
+        """`_held_session` for a block that awaits."""
+        while True:
+            held = contextlib.ExitStack()
+            try:
+                size = await asyncio.to_thread(
+                    held.enter_context, self._held_session(upload_id, start)
+                )
+                break
+            except _Appending:
+                await asyncio.sleep(filelocks.POLL_SECONDS)
+        with held:
+            yield size
+
+    def _located_upload(self, upload_id: str, start: bool) -> int:
+        size = self._retried(self._start_upload if start else self._session_size, upload_id)
+        if self._published_before(upload_id):
+            raise _upload_unknown(upload_id)
+        return size
+
+    def _cancel(self, upload_id: str) -> bool:
+        try:
+            with self._held_session(upload_id, start=False):
+                return self._retried(self._remove_session, upload_id)
+        except RegistryError as err:
+            if err.reason != Reason.BLOB_UPLOAD_UNKNOWN:
+                raise
+        # No data file: a session whose start was cut short leaves its directory.
+        return self._retried(self._remove_session, upload_id)
 
     def _session_size(self, upload_id: str) -> int:
         if self._objects is not None:

@@ -14,8 +14,16 @@ from artifactstore.upload_ids import UploadIds
 from gateway.auth import GATEKEEPER, Gatekeeper, auth_middleware
 from gateway.clients import connect
 from gateway.errors import error_middleware
-from gateway.keys import BLOB_FILES, CLIENTS, MANIFEST_CACHE, SETTINGS, UPLOAD_IDS
+from gateway.keys import (
+    BLOB_FILES,
+    CLIENTS,
+    MANIFEST_CACHE,
+    SETTINGS,
+    UPLOAD_FILES,
+    UPLOAD_IDS,
+)
 from gateway.localfiles import BlobFiles
+from gateway.localuploads import UploadFiles
 from gateway.manifest_cache import ManifestCache
 from gateway.observe import observe_middleware
 from gateway.responses import API_VERSION
@@ -73,6 +81,7 @@ def create_app(settings: Settings) -> web.Application:
     app.middlewares.extend([observe_middleware, error_middleware, auth_middleware(requirements)])
     app[SETTINGS] = settings
     app[BLOB_FILES] = BlobFiles()
+    app[UPLOAD_FILES] = UploadFiles()
     app.cleanup_ctx.append(_backends)
     app.on_response_prepare.append(_api_version)
     return app

@@ -82,11 +82,26 @@ class Clients:
             if offset is None
             else blob_pb2.UploadHeader(upload_id=upload_id, offset=offset, start=True)
         )
+        return await self._write_upload(
+            header, (blob_pb2.WriteUploadRequest(data=chunk) async for chunk in chunks)
+        )
 
+    async def announce_appends(self, upload_id: str, sizes: AsyncIterator[int]) -> int:
+        """Have blob_svc hash the bytes the caller appends to session `upload_id`'s file
+        itself, holding its lock (blob.proto, LocateUpload), up to each size of `sizes` as
+        it comes; the session's size after them."""
+        header = blob_pb2.UploadHeader(upload_id=upload_id, appended_by_caller=True)
+        return await self._write_upload(
+            header, (blob_pb2.WriteUploadRequest(appended=size) async for size in sizes)
+        )
+
+    async def _write_upload(
+        self, header: blob_pb2.UploadHeader, parts: AsyncIterator[blob_pb2.WriteUploadRequest]
+    ) -> int:
         async def messages() -> AsyncIterator[blob_pb2.WriteUploadRequest]:
             yield blob_pb2.WriteUploadRequest(header=header)
-            async for chunk in chunks:
-                yield blob_pb2.WriteUploadRequest(data=chunk)
+            async for part in parts:
+                yield part
 
         status = await rpc.call(self.blob.WriteUpload(messages()))
         return status.size

@@ -12,11 +12,13 @@ from artifactstore.config import Settings
 from artifactstore.upload_ids import UploadIds
 from gateway.clients import Clients
 from gateway.localfiles import BlobFiles
+from gateway.localuploads import UploadFiles
 from gateway.manifest_cache import ManifestCache
 
 SETTINGS = web.AppKey("settings", Settings)
 CLIENTS = web.AppKey("clients", Clients)
 BLOB_FILES = web.AppKey("blob_files", BlobFiles)
+UPLOAD_FILES = web.AppKey("upload_files", UploadFiles)
 MANIFEST_CACHE = web.AppKey("manifest_cache", ManifestCache)
 UPLOAD_IDS = web.AppKey("upload_ids", UploadIds)
 
@@ -29,6 +31,11 @@ def clients(request: web.Request) -> Clients:
 def blob_files(request: web.Request) -> BlobFiles:
     """Where the application serving `request` finds blob_svc's files."""
     return request.app[BLOB_FILES]
+
+
+def upload_files(request: web.Request) -> UploadFiles:
+    """How the application serving `request` appends to blob_svc's session files."""
+    return request.app[UPLOAD_FILES]
 
 
 def settings(request: web.Request) -> Settings:

@@ -110,15 +110,20 @@ class BlobFiles:
     async def _locate(self, backends: Clients, digest: str) -> str | None:
         try:
             reply = await call(backends.blob.LocateBlob(bl.LocateBlobRequest(digest=digest)))
-        except RegistryError as err:
-            self._remote = err.reason == Reason.UNSUPPORTED
-            return None
-        except grpc.aio.AioRpcError as err:
-            # A blob_svc without LocateBlob; any other failure, streaming meets too.
-            self._remote = err.code() == grpc.StatusCode.UNIMPLEMENTED
+        except (RegistryError, grpc.aio.AioRpcError) as err:
+            # Any other failure, streaming meets too.
+            self._remote = no_local_files(err)
             return None
         self.remember(digest, reply.path)
         return reply.path
+
+
+def no_local_files(err: BaseException) -> bool:
+    """Whether a failed LocateBlob or LocateUpload says that blob_svc keeps no files on a
+    local disk (object storage, or a blob_svc without the call)."""
+    if isinstance(err, RegistryError):
+        return err.reason == Reason.UNSUPPORTED
+    return isinstance(err, grpc.aio.AioRpcError) and err.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def send(

@@ -27,7 +27,7 @@ from artifactstore.rpc import call
 from gateway import params
 from gateway.auth import gatekeeper, identity
 from gateway.bodies import BodyStream
-from gateway.keys import clients, settings, upload_ids
+from gateway.keys import clients, settings, upload_files, upload_ids
 from gateway.responses import CONTENT_DIGEST, UPLOAD_UUID
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,15 @@ def _new_session(request: web.Request, name: str) -> str:
 
 async def _append(request: web.Request, upload_id: str, offset: int | None) -> int:
     """Stream the request body into the session (at `offset`, when given) and return the
-    session's size. A body cut short leaves what arrived in the session, then fails."""
+    session's size: written into blob_svc's file of the session when it is on this host,
+    else streamed to blob_svc. A body cut short leaves what arrived in the session, then
+    fails."""
     body = BodyStream(request, settings(request).upload_chunk_bytes)
-    size = await clients(request).write_upload(upload_id, body.chunks(), offset)
+    backends = clients(request)
+    chunks = body.chunks()
+    size = await upload_files(request).append(backends, upload_id, offset, chunks)
+    if size is None:
+        size = await backends.write_upload(upload_id, chunks, offset)
     body.raise_if_cut()
     return size
 

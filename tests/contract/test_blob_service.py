@@ -7,6 +7,7 @@ on the Ceph RADOS Gateway that `make test` starts (tests/objectstore.py)."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import hashlib
 import os
 import random
@@ -668,6 +669,157 @@ async def test_locate_blob(backend: str, stub: Stub) -> None:
         await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
     if backend == "file":
         await expect_error(stub.LocateBlob(request), grpc.StatusCode.NOT_FOUND, Reason.BLOB_UNKNOWN)
+
+
+async def announced(upload_id: str, sizes: list[int]) -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+    """A WriteUpload of a caller that appends to the session's file itself."""
+    yield blob_pb2.WriteUploadRequest(
+        header=blob_pb2.UploadHeader(upload_id=upload_id, appended_by_caller=True)
+    )
+    for size in sizes:
+        yield blob_pb2.WriteUploadRequest(appended=size)
+
+
+def locked_for_append(path: str) -> int:
+    """A descriptor of a session's file open for appending, holding its lock (as the
+    gateway holds it while it appends)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+async def test_locate_upload_and_append_there(backend: str, stub: Stub) -> None:
+    """A caller on this host appends to the session's file itself, under its lock, and
+    announces the bytes; blob_svc's own writes wait for the lock."""
+    upload_id = str(uuid.uuid4())
+    if backend == "s3":
+        await expect_error(
+            stub.LocateUpload(blob_pb2.LocateUploadRequest(upload_id=upload_id, start=True)),
+            grpc.StatusCode.UNIMPLEMENTED,
+            Reason.UNSUPPORTED,
+        )
+        await expect_error(
+            stub.WriteUpload(announced(upload_id, [0])),
+            grpc.StatusCode.UNIMPLEMENTED,
+            Reason.UNSUPPORTED,
+        )
+        return
+    await expect_error(
+        stub.LocateUpload(blob_pb2.LocateUploadRequest(upload_id=upload_id)),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UPLOAD_UNKNOWN,
+    )
+    await expect_error(
+        stub.WriteUpload(announced(upload_id, [0])),
+        grpc.StatusCode.NOT_FOUND,
+        Reason.BLOB_UPLOAD_UNKNOWN,
+    )
+    first, second, third = b"streamed by blob_svc, ", b"appended by the caller, ", b"and more"
+    location = await stub.LocateUpload(
+        blob_pb2.LocateUploadRequest(upload_id=upload_id, start=True)
+    )
+    assert Path(location.path).is_absolute() and location.size == 0
+    await stub.WriteUpload(messages(upload_id, [first]))
+    again = await stub.LocateUpload(blob_pb2.LocateUploadRequest(upload_id=upload_id))
+    assert (again.path, again.size) == (location.path, len(first))
+
+    fd = locked_for_append(location.path)
+    try:
+        os.write(fd, second[:9])
+        os.write(fd, second[9:])
+        writing = asyncio.ensure_future(stub.WriteUpload(messages(upload_id, [third])))
+        status = await stub.WriteUpload(announced(upload_id, [len(first) + 9, len(first + second)]))
+        assert status.size == len(first + second)
+        await asyncio.sleep(0.3)
+        assert not writing.done(), "blob_svc wrote to the session while its file was locked"
+    finally:
+        os.close(fd)
+    # The lock released, blob_svc's stream appends after the caller's bytes.
+    assert (await writing).size == len(first + second + third)
+    digest = digest_of(first, second, third)
+    info = await stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+    try:
+        assert (info.digest, info.size) == (digest, len(first + second + third))
+        assert await read(stub, digest) == first + second + third
+        # The session ended with the commit.
+        await expect_error(
+            stub.LocateUpload(blob_pb2.LocateUploadRequest(upload_id=upload_id)),
+            grpc.StatusCode.NOT_FOUND,
+            Reason.BLOB_UPLOAD_UNKNOWN,
+        )
+    finally:
+        await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+
+
+async def test_appends_by_the_caller_that_go_wrong(backend: str, stub: Stub) -> None:
+    """Announcements that do not match the file are refused; bytes appended but never
+    announced (a gateway that died) are still the session's, hashed by the commit, which
+    waits for the lock, as a cancel does."""
+    upload_id = str(uuid.uuid4())
+    if backend == "s3":
+        # Not even a session that exists has a file here.
+        await stub.StartUpload(blob_pb2.StartUploadRequest(upload_id=upload_id))
+        await expect_error(
+            stub.LocateUpload(blob_pb2.LocateUploadRequest(upload_id=upload_id)),
+            grpc.StatusCode.UNIMPLEMENTED,
+            Reason.UNSUPPORTED,
+        )
+        await stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=upload_id))
+        return
+    location = await stub.LocateUpload(
+        blob_pb2.LocateUploadRequest(upload_id=upload_id, start=True)
+    )
+    fd = locked_for_append(location.path)
+    try:
+        os.write(fd, b"12345")
+        for sizes in ([6], [3, 2], [5, 4]):
+            await expect_error(
+                stub.WriteUpload(announced(upload_id, sizes)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                Reason.BLOB_UPLOAD_INVALID,
+            )
+
+        async def data_after_announcing() -> AsyncIterator[blob_pb2.WriteUploadRequest]:
+            async for message in announced(upload_id, [5]):
+                yield message
+            yield blob_pb2.WriteUploadRequest(data=b"x")
+
+        await expect_error(
+            stub.WriteUpload(data_after_announcing()),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            Reason.BLOB_UPLOAD_INVALID,
+        )
+        os.write(fd, b"678")
+        digest = digest_of(b"12345678")
+        commit = asyncio.ensure_future(
+            stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
+        )
+        await asyncio.sleep(0.3)
+        assert not commit.done(), "a commit ran while the session's file was locked"
+    finally:
+        os.close(fd)
+    info = await commit
+    try:
+        assert (info.digest, info.size) == (digest, 8)
+        assert await read(stub, digest) == b"12345678"
+    finally:
+        await stub.DeleteBlob(blob_pb2.DeleteBlobRequest(digest=digest))
+
+    upload_id = str(uuid.uuid4())
+    location = await stub.LocateUpload(
+        blob_pb2.LocateUploadRequest(upload_id=upload_id, start=True)
+    )
+    fd = locked_for_append(location.path)
+    try:
+        cancel = asyncio.ensure_future(
+            stub.CancelUpload(blob_pb2.CancelUploadRequest(upload_id=upload_id))
+        )
+        await asyncio.sleep(0.3)
+        assert not cancel.done(), "a cancel ran while the session's file was locked"
+    finally:
+        os.close(fd)
+    assert (await cancel).cancelled
+    assert not await asyncio.to_thread(os.path.exists, location.path)
 
 
 def fetch(url: str) -> bytes:

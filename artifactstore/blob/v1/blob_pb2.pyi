@@ -55,6 +55,7 @@ class UploadHeader(_message.Message):
     UPLOAD_ID_FIELD_NUMBER: _builtins.int
     OFFSET_FIELD_NUMBER: _builtins.int
     START_FIELD_NUMBER: _builtins.int
+    APPENDED_BY_CALLER_FIELD_NUMBER: _builtins.int
     upload_id: _builtins.str
     offset: _builtins.int
     """Expected current size of the session before this append; unset means "append at the end"."""
@@ -63,16 +64,22 @@ class UploadHeader(_message.Message):
     itself (the gateway, in metadata_svc) and has blob_svc create their bytes only when
     the first bytes or the commit arrive, which spares a small push a call.
     """
+    appended_by_caller: _builtins.bool
+    """The caller appends the bytes to the session's file itself, holding its lock (see
+    LocateUpload); each following message is `appended`, and `offset` and `start` are
+    not used (the caller checked the offset under the lock).
+    """
     def __init__(
         self,
         *,
         upload_id: _builtins.str = ...,
         offset: _builtins.int | None = ...,
         start: _builtins.bool = ...,
+        appended_by_caller: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "offset", b"offset", "start", b"start", "upload_id", b"upload_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_offset", b"_offset", "appended_by_caller", b"appended_by_caller", "offset", b"offset", "start", b"start", "upload_id", b"upload_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__offset: _TypeAlias = _typing.Literal["offset"]  # noqa: Y015
     _WhichOneofArgType__offset: _TypeAlias = _typing.Literal["_offset", b"_offset"]  # noqa: Y015
@@ -86,7 +93,13 @@ class WriteUploadRequest(_message.Message):
 
     HEADER_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    APPENDED_FIELD_NUMBER: _builtins.int
     data: _builtins.bytes
+    appended: _builtins.int
+    """With `header.appended_by_caller`: the session's size after the caller's appends so
+    far (never decreasing); blob_svc hashes the stored bytes up to it before it reads
+    the next message. BLOB_UPLOAD_INVALID if the file holds fewer.
+    """
     @_builtins.property
     def header(self) -> Global___UploadHeader: ...
     def __init__(
@@ -94,12 +107,13 @@ class WriteUploadRequest(_message.Message):
         *,
         header: Global___UploadHeader | None = ...,
         data: _builtins.bytes = ...,
+        appended: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["appended", b"appended", "data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appended", b"appended", "data", b"data", "header", b"header", "part", b"part"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data"]  # noqa: Y015
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["header", "data", "appended"]  # noqa: Y015
     _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
 
@@ -561,6 +575,53 @@ class LocateBlobRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LocateBlobRequest: _TypeAlias = LocateBlobRequest  # noqa: Y015
+
+@_typing.final
+class LocateUploadRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UPLOAD_ID_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    upload_id: _builtins.str
+    start: _builtins.bool
+    """As UploadHeader.start."""
+    def __init__(
+        self,
+        *,
+        upload_id: _builtins.str = ...,
+        start: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start", b"start", "upload_id", b"upload_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LocateUploadRequest: _TypeAlias = LocateUploadRequest  # noqa: Y015
+
+@_typing.final
+class UploadLocation(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PATH_FIELD_NUMBER: _builtins.int
+    SIZE_FIELD_NUMBER: _builtins.int
+    path: _builtins.str
+    """Absolute path of the session's data file."""
+    size: _builtins.int
+    """The session's size when it was located."""
+    def __init__(
+        self,
+        *,
+        path: _builtins.str = ...,
+        size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["path", b"path", "size", b"size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UploadLocation: _TypeAlias = UploadLocation  # noqa: Y015
 
 @_typing.final
 class BlobLocation(_message.Message):

@@ -44,6 +44,11 @@ class BlobServiceStub:
                 request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.WriteUploadRequest.SerializeToString,
                 response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.UploadStatus.FromString,
                 _registered_method=True)
+        self.LocateUpload = channel.unary_unary(
+                '/artifactstore.blob.v1.BlobService/LocateUpload',
+                request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.LocateUploadRequest.SerializeToString,
+                response_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.UploadLocation.FromString,
+                _registered_method=True)
         self.GetUploadStatus = channel.unary_unary(
                 '/artifactstore.blob.v1.BlobService/GetUploadStatus',
                 request_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.GetUploadStatusRequest.SerializeToString,
@@ -123,6 +128,26 @@ class BlobServiceServicer:
         session's current size (else OUT_OF_RANGE / RANGE_INVALID, nothing appended). Bytes
         are hashed once as they stream. Returns the session's size after the append. With
         `header.start`, a session that does not exist is started first (as StartUpload).
+        With `header.appended_by_caller`, the caller writes the bytes into the session's file
+        itself (LocateUpload) and the following messages say how far it has got: blob_svc
+        hashes those bytes as they are announced.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def LocateUpload(self, request, context):
+        """The local file holding an upload session's bytes, and its size, for a caller on the
+        same host (the gateway) to append a client's bytes to it itself, sparing them a
+        passage through gRPC and a second process. With `start`, a session that does not
+        exist is started first. The appender must open the file for appending, hold an
+        exclusive flock(2) on it while it appends and until blob_svc has answered the
+        WriteUpload (`header.appended_by_caller`) that announces the bytes, and append nothing
+        when the file has more than one link (a commit made it a canonical blob) or none (the
+        session ended). blob_svc's own writes, commits and cancels of the session wait for
+        that lock. A file the caller cannot open (another host) means WriteUpload with data.
+        NOT_FOUND / BLOB_UPLOAD_UNKNOWN if there is no such session; UNIMPLEMENTED /
+        UNSUPPORTED on object storage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -249,6 +274,11 @@ def add_BlobServiceServicer_to_server(servicer, server):
                     request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.WriteUploadRequest.FromString,
                     response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.UploadStatus.SerializeToString,
             ),
+            'LocateUpload': grpc.unary_unary_rpc_method_handler(
+                    servicer.LocateUpload,
+                    request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.LocateUploadRequest.FromString,
+                    response_serializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.UploadLocation.SerializeToString,
+            ),
             'GetUploadStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetUploadStatus,
                     request_deserializer=artifactstore_dot_blob_dot_v1_dot_blob__pb2.GetUploadStatusRequest.FromString,
@@ -364,6 +394,33 @@ class BlobService:
             '/artifactstore.blob.v1.BlobService/WriteUpload',
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.WriteUploadRequest.SerializeToString,
             artifactstore_dot_blob_dot_v1_dot_blob__pb2.UploadStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LocateUpload(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/artifactstore.blob.v1.BlobService/LocateUpload',
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.LocateUploadRequest.SerializeToString,
+            artifactstore_dot_blob_dot_v1_dot_blob__pb2.UploadLocation.FromString,
             options,
             channel_credentials,
             insecure,

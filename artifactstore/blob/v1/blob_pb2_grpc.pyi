@@ -51,6 +51,22 @@ class BlobServiceStub:
     session's current size (else OUT_OF_RANGE / RANGE_INVALID, nothing appended). Bytes
     are hashed once as they stream. Returns the session's size after the append. With
     `header.start`, a session that does not exist is started first (as StartUpload).
+    With `header.appended_by_caller`, the caller writes the bytes into the session's file
+    itself (LocateUpload) and the following messages say how far it has got: blob_svc
+    hashes those bytes as they are announced.
+    """
+    LocateUpload: _grpc.UnaryUnaryMultiCallable[_blob_pb2.LocateUploadRequest, _blob_pb2.UploadLocation]
+    """The local file holding an upload session's bytes, and its size, for a caller on the
+    same host (the gateway) to append a client's bytes to it itself, sparing them a
+    passage through gRPC and a second process. With `start`, a session that does not
+    exist is started first. The appender must open the file for appending, hold an
+    exclusive flock(2) on it while it appends and until blob_svc has answered the
+    WriteUpload (`header.appended_by_caller`) that announces the bytes, and append nothing
+    when the file has more than one link (a commit made it a canonical blob) or none (the
+    session ended). blob_svc's own writes, commits and cancels of the session wait for
+    that lock. A file the caller cannot open (another host) means WriteUpload with data.
+    NOT_FOUND / BLOB_UPLOAD_UNKNOWN if there is no such session; UNIMPLEMENTED /
+    UNSUPPORTED on object storage.
     """
     GetUploadStatus: _grpc.UnaryUnaryMultiCallable[_blob_pb2.GetUploadStatusRequest, _blob_pb2.UploadStatus]
     """The current size of an upload session (NOT_FOUND / BLOB_UPLOAD_UNKNOWN if absent)."""
@@ -123,6 +139,22 @@ class BlobServiceAsyncStub(BlobServiceStub):
     session's current size (else OUT_OF_RANGE / RANGE_INVALID, nothing appended). Bytes
     are hashed once as they stream. Returns the session's size after the append. With
     `header.start`, a session that does not exist is started first (as StartUpload).
+    With `header.appended_by_caller`, the caller writes the bytes into the session's file
+    itself (LocateUpload) and the following messages say how far it has got: blob_svc
+    hashes those bytes as they are announced.
+    """
+    LocateUpload: _aio.UnaryUnaryMultiCallable[_blob_pb2.LocateUploadRequest, _blob_pb2.UploadLocation]  # type: ignore[assignment]
+    """The local file holding an upload session's bytes, and its size, for a caller on the
+    same host (the gateway) to append a client's bytes to it itself, sparing them a
+    passage through gRPC and a second process. With `start`, a session that does not
+    exist is started first. The appender must open the file for appending, hold an
+    exclusive flock(2) on it while it appends and until blob_svc has answered the
+    WriteUpload (`header.appended_by_caller`) that announces the bytes, and append nothing
+    when the file has more than one link (a commit made it a canonical blob) or none (the
+    session ended). blob_svc's own writes, commits and cancels of the session wait for
+    that lock. A file the caller cannot open (another host) means WriteUpload with data.
+    NOT_FOUND / BLOB_UPLOAD_UNKNOWN if there is no such session; UNIMPLEMENTED /
+    UNSUPPORTED on object storage.
     """
     GetUploadStatus: _aio.UnaryUnaryMultiCallable[_blob_pb2.GetUploadStatusRequest, _blob_pb2.UploadStatus]  # type: ignore[assignment]
     """The current size of an upload session (NOT_FOUND / BLOB_UPLOAD_UNKNOWN if absent)."""
@@ -204,6 +236,28 @@ class BlobServiceServicer(metaclass=_abc_1.ABCMeta):
         session's current size (else OUT_OF_RANGE / RANGE_INVALID, nothing appended). Bytes
         are hashed once as they stream. Returns the session's size after the append. With
         `header.start`, a session that does not exist is started first (as StartUpload).
+        With `header.appended_by_caller`, the caller writes the bytes into the session's file
+        itself (LocateUpload) and the following messages say how far it has got: blob_svc
+        hashes those bytes as they are announced.
+        """
+
+    @_abc_1.abstractmethod
+    def LocateUpload(
+        self,
+        request: _blob_pb2.LocateUploadRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_blob_pb2.UploadLocation, _abc.Awaitable[_blob_pb2.UploadLocation]]:
+        """The local file holding an upload session's bytes, and its size, for a caller on the
+        same host (the gateway) to append a client's bytes to it itself, sparing them a
+        passage through gRPC and a second process. With `start`, a session that does not
+        exist is started first. The appender must open the file for appending, hold an
+        exclusive flock(2) on it while it appends and until blob_svc has answered the
+        WriteUpload (`header.appended_by_caller`) that announces the bytes, and append nothing
+        when the file has more than one link (a commit made it a canonical blob) or none (the
+        session ended). blob_svc's own writes, commits and cancels of the session wait for
+        that lock. A file the caller cannot open (another host) means WriteUpload with data.
+        NOT_FOUND / BLOB_UPLOAD_UNKNOWN if there is no such session; UNIMPLEMENTED /
+        UNSUPPORTED on object storage.
         """
 
     @_abc_1.abstractmethod
