@@ -122,10 +122,11 @@ class Client:
         return await self.request("GET", location)
 
     async def upload_offset(self, location: str) -> int:
-        """How many bytes the upload holds, from the status `Range: 0-<last>`."""
+        """How many bytes the upload holds, from the status `Range: 0-<last>` (none while
+        it holds nothing)."""
         r = await self.upload_status(location)
         assert r.status == 204, r
-        return range_end(r) + 1
+        return range_end(r) + 1 if "Range" in r.headers else 0
 
     async def push_blob(self, repo: str, data: bytes) -> str:
         """Monolithic POST + PUT; the digest."""
@@ -436,6 +437,49 @@ async def test_interrupted_chunk_is_resumed_from_status(api, registry, unique_re
     got = await api.request("GET", f"/v2/{repo}/blobs/{digest}")
     assert got.status == 200
     assert hashlib.sha256(got.body).hexdigest() == digest.removeprefix("sha256:")
+    assert registry.corrupt_canonical_blobs() == []
+
+
+async def test_a_commit_waits_for_a_patch_still_sending_into_its_session(
+    api, registry, unique_repo
+):
+    """A PUT that closes a session while a PATCH of it is still receiving its body waits
+    for that PATCH to end (the gateway appends to the session's file under its lock), then
+    verifies everything the PATCH stored: a commit that ran at once would find part of the
+    blob (400), or later bytes would land in a blob already verified."""
+    repo = unique_repo()
+    data = random_bytes(3 * 1024 * 1024, seed=71)
+    sent = 2 * 1024 * 1024 + 100_000
+    location = await api.start_upload(repo)
+    head = (
+        f"PATCH {api.url(location).raw_path_qs} HTTP/1.1\r\nHost: {registry.host}\r\n"
+        f"Authorization: {registry.admin_authorization}\r\n"
+        f"Content-Type: {OCTET}\r\nContent-Length: {len(data)}\r\n\r\n"
+    )
+    hostname, port = registry.host.rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(hostname, int(port))
+    try:
+        writer.write(head.encode() + data[:sent])
+        await writer.drain()
+        # Bytes stored: the PATCH holds the session's lock, and keeps it for the rest.
+        for _ in range(100):
+            if await api.upload_offset(location) > 0:
+                break
+            await asyncio.sleep(0.05)
+        assert 0 < await api.upload_offset(location) <= sent
+        digest = sha256(data)
+        closing = asyncio.ensure_future(api.finish(location, digest))
+        await asyncio.sleep(0.5)
+        assert not closing.done(), "the commit ran while the PATCH was appending"
+        writer.write(data[sent:])
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert answer.startswith(b"HTTP/1.1 202"), answer
+    finally:
+        writer.close()
+    r = await closing
+    assert r.status == 201, r
+    assert (await api.request("GET", f"/v2/{repo}/blobs/{digest}")).body == data
     assert registry.corrupt_canonical_blobs() == []
 
 
