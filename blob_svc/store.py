@@ -578,6 +578,8 @@ class BlobStore:
         return size
 
     def _cancel(self, upload_id: str) -> bool:
+        if not self._local:
+            return self._retried(self._remove_session, upload_id)
         try:
             with self._held_session(upload_id, start=False):
                 return self._retried(self._remove_session, upload_id)

@@ -7,6 +7,9 @@ blob_svc owns the bytes: upload sessions in progress under `uploads/<id>/` and c
 blobs under `blobs/sha256/<2 hex>/<64 hex>/data` of the storage root. It never decides
 what is referenced: repository links live in metadata_svc. A blob is written and its
 digest verified before it becomes canonical, and a canonical blob is never rewritten.
+On a local filesystem a caller on the same host may read a canonical blob's file
+(LocateBlob) and append to a session's file under its lock (LocateUpload); blob_svc
+alone creates, verifies, publishes and deletes.
 
 Errors carry a gRPC status code and a google.rpc.ErrorInfo (domain "artifactstore")
 whose reason is an OCI Distribution error code: BLOB_UNKNOWN, BLOB_UPLOAD_UNKNOWN,
