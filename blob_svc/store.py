@@ -245,8 +245,8 @@ class BlobStore:
     async def hash_appended(self, upload_id: str, sizes: AsyncIterator[int]) -> int:
         """Hash the bytes a caller on this host appends to session `upload_id`'s file
         itself (LocateUpload), up to each size of `sizes` as it arrives, starting their
-        writeback as well; return the last size. BLOB_UPLOAD_INVALID when a size is below
-        the bytes hashed so far or beyond those stored.
+        writeback as well; return the session's size after. BLOB_UPLOAD_INVALID when a
+        size is below the bytes hashed so far or beyond those stored.
 
         No lock of this process is taken: the caller holds the file's lock until it has
         this answer, and every other write, commit and cancel of the session waits for
@@ -278,7 +278,10 @@ class BlobStore:
             stored = await asyncio.to_thread(self._fs.get_file_info, data)
             if stored.type == pafs.FileType.File and stored.size == state.size:
                 self._hashes.put(upload_id, state)
-        return state.size
+        if stored.type != pafs.FileType.File:
+            raise _upload_unknown(upload_id)
+        # Not the sizes announced: the stored bytes are the session's, announced or not.
+        return int(stored.size)
 
     async def _write_parts(
         self, upload_id: str, size: int, state: HashState, chunks: AsyncIterator[bytes]

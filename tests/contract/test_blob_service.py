@@ -790,6 +790,8 @@ async def test_appends_by_the_caller_that_go_wrong(backend: str, stub: Stub) -> 
             Reason.BLOB_UPLOAD_INVALID,
         )
         os.write(fd, b"678")
+        # The answer is the session's size, announced or not.
+        assert (await stub.WriteUpload(announced(upload_id, []))).size == 8
         digest = digest_of(b"12345678")
         commit = asyncio.ensure_future(
             stub.CommitUpload(blob_pb2.CommitUploadRequest(upload_id=upload_id, digest=digest))
