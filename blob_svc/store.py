@@ -271,7 +271,7 @@ class BlobStore:
                         f"upload {upload_id}: {end} bytes appended, after {state.size} before",
                     )
                 begun = state.size
-                await asyncio.to_thread(self._hash_range, upload_id, begun, end, state.update)
+                await asyncio.to_thread(self._hash_announced, upload_id, state, end)
                 writeback.appended(end - begun)
         finally:
             writeback.close()
@@ -579,6 +579,17 @@ class BlobStore:
         if self._published_before(upload_id):
             raise _upload_unknown(upload_id)
         return size
+
+    def _hash_announced(self, upload_id: str, state: HashState, end: int) -> None:
+        try:
+            self._hash_range(upload_id, state.size, end, state.update)
+        except RegistryError as err:
+            if err.reason != Reason.BLOB_UPLOAD_INVALID:
+                raise
+            raise RegistryError(
+                Reason.BLOB_UPLOAD_INVALID,
+                f"upload {upload_id} holds fewer than the {end} bytes announced",
+            ) from None
 
     def _cancel(self, upload_id: str) -> bool:
         if not self._local:

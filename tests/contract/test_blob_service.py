@@ -778,6 +778,9 @@ async def test_appends_by_the_caller_that_go_wrong(backend: str, stub: Stub) -> 
                 grpc.StatusCode.INVALID_ARGUMENT,
                 Reason.BLOB_UPLOAD_INVALID,
             )
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.WriteUpload(announced(upload_id, [6]))
+        assert "fewer than the 6 bytes announced" in str(caught.value.details())
 
         async def data_after_announcing() -> AsyncIterator[blob_pb2.WriteUploadRequest]:
             async for message in announced(upload_id, [5]):
