@@ -10,6 +10,7 @@ when that is set (see the README for a Prometheus scrape configuration).
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from wsgiref.simple_server import WSGIServer
 
@@ -59,6 +60,7 @@ def serve_metrics(
 
 
 def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_suffix(".tmp")
+    # A name of this process's own: replicas of a service may share the run directory.
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     tmp.write_text(text)
     tmp.replace(path)

@@ -39,6 +39,9 @@ from bench.system import descendants
 
 READY_SECONDS = 30.0
 STOP_SECONDS = 15.0
+# Starts on a fresh port after another server took the one chosen (see Server.start).
+PORT_ATTEMPTS = 3
+API_VERSION = "Docker-Distribution-API-Version"
 ADMIN_USER = "admin"
 # The services of `artifact-store serve`; each child's PID is in <data dir>/run/<name>.pid.
 MESH_SERVICES = ("gateway", "metadata", "blob", "scan", "gc")
@@ -179,8 +182,20 @@ class Server(ABC):
         return descendants(self.process.pid) if self.process else []
 
     def start(self) -> None:
-        """Start the server and wait until `GET /v2/` answers 200 (with credentials)."""
+        """Start the server and wait until `GET /v2/` answers 200 (with credentials), on a
+        new port when another server took the one chosen: it was free when chosen, and
+        another process's ephemeral bind (a metrics listener, which answers any GET) may
+        take it before the server binds it."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        for _ in range(PORT_ATTEMPTS):
+            if self._started():
+                return
+            self.stop()
+            self.port = free_port()
+        raise BenchError(f"{self.key}: another server took each of {PORT_ATTEMPTS} ports chosen")
+
+    def _started(self) -> bool:
+        """One start: True once ready, False when something else answers on the port."""
         argv, env = self.command()
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -204,9 +219,13 @@ class Server(ABC):
                 request.add_header("Authorization", basic_authorization(*self.credentials))
             try:
                 with urllib.request.urlopen(request, timeout=2) as answer:
+                    if answer.headers.get(API_VERSION) != "registry/2.0":
+                        return False
                     if answer.status == 200:
-                        return
+                        return True
             except urllib.error.HTTPError as err:
+                if err.headers.get(API_VERSION) != "registry/2.0":
+                    return False
                 last = f"HTTP {err.code}"
             except OSError as err:
                 last = repr(err)

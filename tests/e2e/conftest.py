@@ -59,6 +59,8 @@ from tests.objectstore import fresh_s3_url
 
 SERVICES = ("gateway", "metadata", "blob", "scan", "gc")
 READY_TIMEOUT = 30.0
+# Starts on a fresh port after another server took the one chosen (see PortTaken).
+PORT_ATTEMPTS = 3
 STOP_TIMEOUT = 15.0
 CLIENT_TIMEOUT = 60.0
 
@@ -170,6 +172,12 @@ def artifact_store_executable() -> str:
             pytrace=False,
         )
     return found
+
+
+class PortTaken(Exception):
+    """Something other than the gateway answers on the registry's port: it was free when
+    chosen, and an ephemeral bind (a service's metrics listener, which answers any GET)
+    took it before the gateway could."""
 
 
 @dataclass
@@ -336,22 +344,41 @@ class Registry:
         }
 
     def start(self) -> None:
-        """Start `artifact-store serve` and wait until GET /v2/ answers 200 (as admin)."""
+        """Start `artifact-store serve` and wait until GET /v2/ answers 200 (as admin),
+        on a new port if another server took the one chosen."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        env = self.process_env()
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [artifact_store_executable(), "serve"],
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.wait_ready(READY_TIMEOUT)
+        for _ in range(PORT_ATTEMPTS):
+            with open(self.log_path, "ab") as log:
+                self.process = subprocess.Popen(
+                    [artifact_store_executable(), "serve"],
+                    env=self.process_env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            try:
+                self.wait_ready(READY_TIMEOUT)
+                return
+            except PortTaken:
+                self._abandon()
+                self.port = free_port()
+        pytest.fail(f"another server took each of {PORT_ATTEMPTS} ports chosen", pytrace=False)
+
+    def _abandon(self) -> None:
+        """Stop a mesh that has only just started (so may not handle SIGTERM yet): every
+        process of the session it was started in."""
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
 
     def wait_ready(self, timeout: float) -> None:
-        """Poll GET /v2/ until it answers 200; fail with the log if it never does."""
+        """Poll GET /v2/ until it answers 200; fail with the log if it never does, and
+        raise PortTaken when another server answers."""
         deadline = time.monotonic() + timeout
         last: str = "no answer"
         while time.monotonic() < deadline:
@@ -363,6 +390,8 @@ class Registry:
                 )
             try:
                 r = self.request("GET", "/v2/", timeout=2)
+                if r.header("Docker-Distribution-API-Version") != "registry/2.0":
+                    raise PortTaken(f"{self.host} answered HTTP {r.status}: {r.body[:100]!r}")
                 if r.status == 200:
                     return
                 last = f"HTTP {r.status}: {r.body[:200]!r}"
