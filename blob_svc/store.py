@@ -234,10 +234,7 @@ class BlobStore:
         a session that does not exist is started first. BLOB_UPLOAD_UNKNOWN as
         `write_upload` gives it; UNSUPPORTED when the storage is not a local filesystem."""
         paths.check_upload_id(upload_id)
-        if not self._local:
-            raise RegistryError(
-                Reason.UNSUPPORTED, "upload sessions are not stored on a local filesystem"
-            )
+        self._require_local("upload sessions")
         async with self._locks.hold(upload_id):
             size = await asyncio.to_thread(self._located_upload, upload_id, start)
         return paths.upload_data(self._local_root, upload_id), size
@@ -253,10 +250,7 @@ class BlobStore:
         that lock (filelocks) before it takes the hash state back.
         """
         paths.check_upload_id(upload_id)
-        if not self._local:
-            raise RegistryError(
-                Reason.UNSUPPORTED, "upload sessions are not stored on a local filesystem"
-            )
+        self._require_local("upload sessions")
         data = paths.upload_data(self._root, upload_id)
         state = self._hashes.take(upload_id) or HashState()
         try:
@@ -513,10 +507,15 @@ class BlobStore:
         """The absolute path of the local file holding blob `digest`, and its size, for a
         reader on this host to send without copying; BLOB_UNKNOWN if there is none,
         UNSUPPORTED when the storage is not a local filesystem."""
-        if not self._local:
-            raise RegistryError(Reason.UNSUPPORTED, "blobs are not stored on a local filesystem")
+        self._require_local("blobs")
         size = await self.stat(digest)
         return self.local_path(digest), size
+
+    def _require_local(self, what: str) -> None:
+        """UNSUPPORTED unless the storage is a local filesystem (whose files a caller on
+        this host may use itself)."""
+        if not self._local:
+            raise RegistryError(Reason.UNSUPPORTED, f"{what} are not stored on a local filesystem")
 
     async def abort_stale_multipart_uploads(self, older_than: timedelta) -> int:
         """Abort the multipart uploads of the storage begun more than `older_than` ago
@@ -540,10 +539,10 @@ class BlobStore:
 
     @contextlib.contextmanager
     def _held_session(self, upload_id: str, start: bool) -> Iterator[int]:
-        """The session's size, the session started first with `start`, for a block that
-        holds the lock of the session's data file on local storage, so that no gateway
-        appends to the file meanwhile (filelocks); `_Appending` while one does."""
-        size = self._retried(self._start_upload if start else self._session_size, upload_id)
+        """`_started_size`, for a block that holds the lock of the session's data file on
+        local storage, so that no gateway appends to the file meanwhile (filelocks);
+        `_Appending` while one does."""
+        size = self._started_size(upload_id, start)
         if not self._local:
             yield size
             return
@@ -574,8 +573,12 @@ class BlobStore:
         with held:
             yield size
 
+    def _started_size(self, upload_id: str, start: bool) -> int:
+        """The session's size, the session started first with `start`."""
+        return self._retried(self._start_upload if start else self._session_size, upload_id)
+
     def _located_upload(self, upload_id: str, start: bool) -> int:
-        size = self._retried(self._start_upload if start else self._session_size, upload_id)
+        size = self._started_size(upload_id, start)
         if self._published_before(upload_id):
             raise _upload_unknown(upload_id)
         return size
