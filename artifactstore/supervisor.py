@@ -16,6 +16,9 @@ stopped). On SIGTERM or SIGINT every child gets SIGTERM (the gateway first, so i
 requests before the services behind it go), then SIGKILL after a grace period. A child
 whose supervisor dies gets SIGTERM from the kernel (PR_SET_PDEATHSIG) rather than living on.
 Each child's PID is written to `<data dir>/run/<service>.pid` for operators and tests.
+The API's port is bound here, before anything else, and handed to each gateway started
+(artifactstore.listening): no service's ephemeral bind can take it, and a connection made
+while the gateway restarts waits for the new one.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import importlib
 import logging
 import os
 import signal
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +38,7 @@ from wsgiref.simple_server import WSGIServer
 import setproctitle
 from prometheus_client import CollectorRegistry, Counter
 
-from artifactstore import metrics
+from artifactstore import listening, metrics
 from artifactstore.config import Settings
 
 log = logging.getLogger("artifactstore.supervisor")
@@ -148,6 +152,8 @@ class Supervisor:
         self._pid = os.getpid()
         self._mask: set[int | signal.Signals] = set()
         self._metrics: WSGIServer | None = None
+        # The API's listening sockets, bound before any other (see artifactstore.listening).
+        self._api: list[socket.socket] = []
         self._stopping = False
 
     def run(self) -> str | None:
@@ -155,6 +161,13 @@ class Supervisor:
         None once the mesh is down. In a forked child: the service that process is to run."""
         if "MALLOC_ARENA_MAX" not in os.environ:
             _LIBC.mallopt(_M_ARENA_MAX, _ARENAS)
+        try:
+            self._api = listening.bind(self._settings.address)
+        except OSError as err:
+            raise SystemExit(f"artifact-store serve: {err}") from None
+        for child in self._children:
+            if child.service == "gateway":
+                child.env.update(listening.handed_over(self._api))
         self._metrics = metrics.serve_metrics(
             self._settings, "supervisor", metrics_address(self._settings, "supervisor"), REGISTRY
         )
@@ -207,6 +220,13 @@ class Supervisor:
             os._exit(1)
         if self._metrics is not None:
             self._metrics.socket.close()
+        if child.service == "gateway":
+            # The gateway takes the descriptors over (LISTEN_FDS); these objects must not
+            # close them when the supervisor's state is dropped.
+            for sock in self._api:
+                sock.detach()
+        else:
+            listening.close(self._api)
         os.environ.update(child.env)
         setproctitle.setproctitle(f"artifact-store {child.service}")
         signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
@@ -250,6 +270,9 @@ class Supervisor:
     def _stop_all(self) -> None:
         log.info("stopping the mesh")
         self._stopping = True
+        # From here a connection is refused once the gateway has closed its copies, rather
+        # than left waiting in a backlog no process will accept from.
+        listening.close(self._api)
         gateway = [c for c in self._children if c.service == "gateway"]
         # The gateway goes first and alone, so no request meets a stopped backend.
         self._stop(gateway)

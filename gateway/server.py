@@ -1,4 +1,5 @@
-"""Runs the gateway at `settings.address` until SIGTERM or SIGINT."""
+"""Runs the gateway at `settings.address` (on the sockets its supervisor bound, when it has
+one: see artifactstore.listening) until SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import signal
 
 from aiohttp import web
 
+from artifactstore import listening
 from artifactstore.config import Settings
 from gateway.app import create_app
 from gateway.auth import MAX_AUTHORIZATION_BYTES
@@ -21,18 +23,10 @@ SHUTDOWN_SECONDS = 8.0
 MAX_HEADER_BYTES = 4 * MAX_AUTHORIZATION_BYTES
 
 
-def listen_address(address: str) -> tuple[str, int]:
-    """`host:port` (IPv6 hosts in brackets) as a (host, port) pair to bind."""
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"invalid listen address {address!r}: expected host:port")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
 async def main(settings: Settings) -> None:
     """Serve the API until SIGTERM or SIGINT, then stop listening, let requests in flight
     finish for up to `SHUTDOWN_SECONDS`, and close the channels to the services."""
-    host, port = listen_address(settings.address)
+    sockets = listening.inherited() or listening.bind(settings.address)
     runner = web.AppRunner(
         create_app(settings),
         handle_signals=False,
@@ -47,7 +41,8 @@ async def main(settings: Settings) -> None:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        for sock in sockets:
+            await web.SockSite(runner, sock).start()
         log.info("serving the registry API at %s", settings.address)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -1,13 +1,16 @@
 """The supervisor of `artifact-store serve`, on instances of their own: its children are
-forked from it and named for their service, and none outlives it, however it ends."""
+forked from it and named for their service, none outlives it, however it ends, and it
+holds the API's port itself."""
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
-from tests.e2e.conftest import SERVICES, _alive
+from tests.e2e.conftest import SERVICES, _alive, artifact_store_executable
 
 GONE_TIMEOUT = 15.0
 
@@ -40,3 +43,36 @@ def test_children_stop_when_the_supervisor_is_killed(start_registry):
         time.sleep(0.1)
     alive = {s: p for s, p in children.items() if _alive(p)}
     assert not alive, f"children outlived their supervisor: {alive}\n{reg.log_tail()}"
+
+
+def test_a_request_made_while_the_gateway_restarts_waits_for_the_new_one(start_registry):
+    """The supervisor holds the listening socket: with the gateway dead, a connection is
+    queued rather than refused, and the restarted gateway answers it."""
+    reg = start_registry()
+    killed = reg.pid("gateway")
+    os.kill(killed, signal.SIGKILL)
+    deadline = time.monotonic() + GONE_TIMEOUT
+    while _alive(killed) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not _alive(killed)
+    # Sent before the supervisor has even noticed (its restart backoff is 0.5 s).
+    answer = reg.request("GET", "/v2/", timeout=GONE_TIMEOUT)
+    assert answer.status == 200, answer.body
+    assert reg.pid("gateway") != killed
+    assert "gateway (pid" in reg.log_tail(200) and "restart 1" in reg.log_tail(200)
+
+
+def test_serve_on_a_port_in_use_fails_at_once_naming_it(start_registry, tmp_path):
+    reg = start_registry()
+    env = {**reg.process_env(), "ARTS_DATA_DIR": str(tmp_path / "second")}
+    second = subprocess.run(
+        [artifact_store_executable(), "serve"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=GONE_TIMEOUT,
+    )
+    assert second.returncode == 1
+    assert f"cannot listen at {reg.host}: Address already in use" in second.stderr
+    assert reg.request("GET", "/v2/").status == 200
