@@ -1,5 +1,5 @@
-"""The gateway's cache of manifest reads (GetManifest answers and ListTags pages),
-coherent with every write.
+"""The gateway's cache of manifest reads (GetManifest answers, ListTags pages and
+StatBlobLink answers, which blob HEADs and GETs ask), coherent with every write.
 
 metadata_svc's WatchManifestChanges stream names each repository a commit changed, and a
 commit is answered only once this gateway has acknowledged it (or its lease has run out):
@@ -44,13 +44,13 @@ UNCACHEABLE_RETRY_SECONDS = 30.0
 
 LOOKUPS = Counter(
     "artifactstore_manifest_cache_lookups",
-    "Manifest and tag-list reads the gateway answered from its cache (hit) or from "
+    "Manifest, tag-list and blob-link reads the gateway answered from its cache (hit) or from "
     "metadata_svc (miss).",
     ["read", "result"],
     registry=REGISTRY,
 )
 
-# (repository, what is read: "manifest" or "tags", then that read's arguments).
+# (repository, what is read: "manifest", "tags" or "link", then that read's arguments).
 Key = tuple[str, ...]
 M = TypeVar("M", bound=Message)
 
@@ -116,10 +116,16 @@ class ManifestCache:
         if not keys:
             del self._by_repository[key[0]]
 
-    def writer_metadata(self) -> tuple[tuple[str, str], ...]:
-        """What a PutManifest or DeleteManifest call sends so that its commit does not
-        wait for this gateway's ack; the caller must call `written` once answered."""
-        return ((WATCHER_METADATA, self._watcher_id),) if self._watcher_id else ()
+    async def write(
+        self, repository: str, send: Callable[[tuple[tuple[str, str], ...]], Awaitable[M]]
+    ) -> M:
+        """`send(metadata)`'s answer: a write to metadata_svc of `repository`'s reads, sent
+        with metadata that spares its commit waiting for this gateway's own ack, and this
+        gateway's copies of the repository dropped whatever the outcome."""
+        try:
+            return await send(((WATCHER_METADATA, self._watcher_id),) if self._watcher_id else ())
+        finally:
+            self.written(repository)
 
     def written(self, repository: str) -> None:
         """Drop the copies of a repository this gateway has just written (or may have:

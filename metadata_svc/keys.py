@@ -286,6 +286,7 @@ EVERYTHING: Scope = ("everything", "")
 # reads (tags, repository check), by what their second element names.
 _READ_SCOPE_OF_AREA = {
     Area.REPOSITORY: "repository",
+    Area.BLOB_LINK: "repository",
     Area.MANIFEST: "repository",
     Area.MANIFEST_PART: "repository",
     Area.TAG: "repository",
@@ -318,9 +319,9 @@ def repository_content(keys: Keyspace, repo: str) -> list[Subspace]:
 
 
 def manifest_read_scope(keys: Keyspace, begin: bytes, end: bytes) -> Scope | None:
-    """What a write of the keys [begin, end) can change of GetManifest's and ListTags'
-    answers: the repository or project it names, EVERYTHING when the range is not within
-    one, or None when it touches none of the areas those reads read."""
+    """What a write of the keys [begin, end) can change of GetManifest's, ListTags' and
+    StatBlobLink's answers: the repository or project it names, EVERYTHING when the range
+    is not within one, or None when it touches none of the areas those reads read."""
     root = keys.root.key()
     if not begin.startswith(root):
         return EVERYTHING if begin < root < end else None

@@ -25,7 +25,7 @@ from artifactstore.rpc import call
 from gateway import audit, localfiles, observe, params
 from gateway.clients import Clients
 from gateway.errors import EdgeError
-from gateway.keys import blob_files, clients, settings
+from gateway.keys import blob_files, clients, manifest_cache, settings
 from gateway.responses import CONTENT_DIGEST
 
 log = logging.getLogger(__name__)
@@ -74,8 +74,9 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     name = params.repository(request)
     digest = params.digest(request.match_info["digest"])
     backends = clients(request)
-    link = await call(
-        backends.metadata.StatBlobLink(md.StatBlobLinkRequest(repository=name, digest=digest))
+    stat = md.StatBlobLinkRequest(repository=name, digest=digest)
+    link = await manifest_cache(request).read(
+        (name, "link", digest), md.BlobLink, lambda: call(backends.metadata.StatBlobLink(stat))
     )
     size = link.size
     headers = {
@@ -189,8 +190,9 @@ async def delete_blob(request: web.Request) -> web.Response:
     BLOB_UNKNOWN when the repository did not link it."""
     name = params.repository(request)
     digest = params.digest(request.match_info["digest"])
-    await call(
-        clients(request).metadata.UnlinkBlob(md.UnlinkBlobRequest(repository=name, digest=digest))
+    unlinking = md.UnlinkBlobRequest(repository=name, digest=digest)
+    await manifest_cache(request).write(
+        name, lambda sent: call(clients(request).metadata.UnlinkBlob(unlinking, metadata=sent))
     )
     await audit.record(request, "blob.delete", name, digest=digest)
     return web.Response(status=202, headers={CONTENT_DIGEST: digest})

@@ -119,21 +119,13 @@ async def put_manifest(request: web.Request) -> web.Response:
     content = await read_manifest(request)
     content_type = request.headers.get(hdrs.CONTENT_TYPE, "")
     await _check_bytes_stored(request, content, content_type)
-    cache = manifest_cache(request)
-    try:
-        stored = await call(
-            clients(request).metadata.PutManifest(
-                md.PutManifestRequest(
-                    repository=name,
-                    reference=reference,
-                    media_type=content_type,
-                    content=content,
-                ),
-                metadata=cache.writer_metadata(),
-            )
-        )
-    finally:
-        cache.written(name)
+    request_pb = md.PutManifestRequest(
+        repository=name, reference=reference, media_type=content_type, content=content
+    )
+    stored = await manifest_cache(request).write(
+        name,
+        lambda sent: call(clients(request).metadata.PutManifest(request_pb, metadata=sent)),
+    )
     headers = {hdrs.LOCATION: _location(name, stored.digest), CONTENT_DIGEST: stored.digest}
     if stored.subject_digest:
         headers[OCI_SUBJECT] = stored.subject_digest
@@ -143,16 +135,11 @@ async def put_manifest(request: web.Request) -> web.Response:
 async def delete_manifest(request: web.Request) -> web.Response:
     """By digest, delete the manifest and every tag on it; by tag, only the tag. 202."""
     name = params.repository(request)
-    cache = manifest_cache(request)
-    try:
-        deleted = await call(
-            clients(request).metadata.DeleteManifest(
-                md.DeleteManifestRequest(repository=name, reference=params.reference(request)),
-                metadata=cache.writer_metadata(),
-            )
-        )
-    finally:
-        cache.written(name)
+    deleting = md.DeleteManifestRequest(repository=name, reference=params.reference(request))
+    deleted = await manifest_cache(request).write(
+        name,
+        lambda sent: call(clients(request).metadata.DeleteManifest(deleting, metadata=sent)),
+    )
     await audit.record(
         request,
         "manifest.delete",

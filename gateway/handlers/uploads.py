@@ -27,7 +27,7 @@ from artifactstore.rpc import call
 from gateway import params
 from gateway.auth import gatekeeper, identity
 from gateway.bodies import BodyStream
-from gateway.keys import clients, settings, upload_files, upload_ids
+from gateway.keys import clients, manifest_cache, settings, upload_files, upload_ids
 from gateway.responses import CONTENT_DIGEST, UPLOAD_UUID
 
 log = logging.getLogger(__name__)
@@ -200,12 +200,11 @@ async def _complete(
             timeout=COMMIT_TIMEOUT_SECONDS,
         )
     )
-    await call(
-        backends.metadata.LinkBlob(
-            md.LinkBlobRequest(
-                repository=name, digest=blob.digest, size=blob.size, upload_id=upload_id
-            )
-        )
+    linking = md.LinkBlobRequest(
+        repository=name, digest=blob.digest, size=blob.size, upload_id=upload_id
+    )
+    await manifest_cache(request).write(
+        name, lambda sent: call(backends.metadata.LinkBlob(linking, metadata=sent))
     )
     return _created(name, blob.digest)
 
@@ -218,14 +217,11 @@ async def _mount(request: web.Request, name: str, digest: str, source: str) -> s
     try:
         if PULL not in await gatekeeper(request).allowed(identity(request), check_name(source)):
             return None
-        link = await call(
-            clients(request).metadata.MountBlob(
-                md.MountBlobRequest(
-                    repository=name,
-                    from_repository=check_name(source),
-                    digest=params.digest(digest),
-                )
-            )
+        mounting = md.MountBlobRequest(
+            repository=name, from_repository=check_name(source), digest=params.digest(digest)
+        )
+        link = await manifest_cache(request).write(
+            name, lambda sent: call(clients(request).metadata.MountBlob(mounting, metadata=sent))
         )
     except RegistryError as err:
         log.debug("no mount of %s from %s into %s: %s", digest, source, name, err.message)

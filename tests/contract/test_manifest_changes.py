@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from artifactstore import rpc
@@ -82,9 +82,27 @@ async def test_a_commit_waits_for_the_watchers_ack(stub: Stub) -> None:
     reply = await asyncio.wait_for(pushed, 5)
     assert reply.digest.startswith("sha256:")
 
-    # A blob link changes no manifest read: no message, no wait.
+    # A blob link made or removed changes StatBlobLink's answers (the gateway caches
+    # them for blob HEADs and GETs): named and waited for the same way.
+    another = str(sha256_of(b"another"))
+    unlink = pb.UnlinkBlobRequest(repository="p/app", digest=another)
+    # Each call is made only when its turn comes: a gRPC call starts once it is created.
+    writes: tuple[Callable[[], Awaitable[object]], ...] = (
+        lambda: link(stub, "p/app", another),
+        lambda: rpc.call(stub.UnlinkBlob(unlink)),
+    )
+    for write in writes:
+        written = asyncio.ensure_future(write())
+        change = await watcher.next_change()
+        assert list(change.repositories) == ["p/app"]
+        await asyncio.sleep(0.3)
+        assert not written.done(), "the link commit answered before the watcher's ack"
+        watcher.ack(change.sequence)
+        await asyncio.wait_for(written, 5)
+
+    # An upload session changes no cached read: no message, no wait.
     started = time.monotonic()
-    await link(stub, "p/app", sha256_of(b"another"))
+    await rpc.call(stub.CreateUpload(pb.CreateUploadRequest(repository="p/app")))
     assert time.monotonic() - started < 1.0
     watcher.call.cancel()
 

@@ -825,6 +825,37 @@ async def test_cached_manifest_reads_follow_every_write(api, unique_repo):
     assert await api.tags(repo) == ["added", "keep"]
 
 
+async def test_cached_blob_links_follow_every_write(api, unique_repo):
+    """Blob HEADs and GETs the gateway answers from its cache of repository links change
+    the moment a write returns: a deleted blob is unknown at once (HEAD and GET), a blob
+    pushed again or mounted is found at once, and a mount source's delete leaves the
+    target's link alone."""
+    hits = ("artifactstore_manifest_cache_lookups_total", (("read", "link"), ("result", "hit")))
+    gateway = _metrics_address(api.registry, "gateway")
+    source, target = unique_repo("source"), unique_repo("target")
+    data = random_bytes(20_000, seed=64)
+    digest = await api.push_blob(source, data)
+    await api.push_blob(target, b"make the target exist")
+    before = _samples(gateway)
+    for _ in range(3):
+        assert await api.blob_visible(source, digest)
+        assert (await api.request("GET", f"/v2/{source}/blobs/{digest}")).body == data
+    assert not await api.blob_visible(target, digest)
+    assert _samples(gateway).get(hits, 0.0) > before.get(hits, 0.0), "no link read hit the cache"
+
+    mounted = await api.request("POST", f"/v2/{target}/blobs/uploads/?mount={digest}&from={source}")
+    assert mounted.status == 201, mounted
+    assert await api.blob_visible(target, digest)
+    assert (await api.request("DELETE", f"/v2/{source}/blobs/{digest}")).status == 202
+    assert not await api.blob_visible(source, digest)
+    api.error(await api.request("GET", f"/v2/{source}/blobs/{digest}"), 404, "BLOB_UNKNOWN")
+    assert await api.blob_visible(target, digest)
+
+    assert await api.push_blob(source, data) == digest
+    assert await api.blob_visible(source, digest)
+    assert (await api.request("GET", f"/v2/{source}/blobs/{digest}")).body == data
+
+
 async def test_invalid_manifest_body(api, unique_repo):
     """Bodies that are not a manifest (not JSON, JSON of the wrong shape, a schema
     version other than 2): 400 MANIFEST_INVALID, nothing stored."""

@@ -140,18 +140,22 @@ def test_manifest_read_scope_names_what_a_write_changes() -> None:
     assert scope(*_point(SPACE.repository(repo))) == ("repository", repo)
     assert scope(*_point(SPACE.scan_summary(repo, digest))) == ("repository", repo)
     assert scope(*_point(SPACE.scan_policy("proj"))) == ("project", "proj")
+    # The gateway caches StatBlobLink answers too: a link made or removed changes them.
+    assert scope(*_point(SPACE.blob_link(repo, digest))) == ("repository", repo)
+    links_of = SPACE.blob_links_of(repo).key()
+    assert scope(links_of, strinc(links_of)) == ("repository", repo)
     # A repository's whole subspace, cleared as a range, is still that repository.
     tags = SPACE.tags(repo).key()
     assert scope(tags, strinc(tags)) == ("repository", repo)
-    # Writes no manifest read depends on.
-    assert scope(*_point(SPACE.blob_link(repo, digest))) is None
+    # Writes no cached read depends on.
     assert scope(*_point(SPACE.upload("u1"))) is None
     assert scope(*_point(IAM.user("someone"))) is None
-    links = SPACE.blob_links().key()
-    assert scope(links, strinc(links)) is None
+    assert scope(*_point(SPACE.gc_link_mark(repo, digest))) is None
     # Ranges across repositories of a read area, or across areas: everything.
     manifests = SPACE.manifests().key()
     assert scope(manifests, strinc(manifests)) == EVERYTHING
+    links = SPACE.blob_links().key()
+    assert scope(links, strinc(links)) == EVERYTHING
     assert scope(SPACE.tag("a/x", "t"), SPACE.tag("z/x", "t")) == EVERYTHING
     root = SPACE.root.key()
     assert scope(root, strinc(root)) == EVERYTHING
