@@ -431,7 +431,8 @@ class MetadataStore:
 
         def fn(tr: Transaction) -> int:
             raw = tr.get(self._keys.blob_link(source, digest))
-            if raw is None:
+            # A deleted source's links stay until GC purges them: none may be mounted.
+            if raw is None or tr.get(self._keys.repository(source)) is None:
                 raise RegistryError(
                     Reason.BLOB_UNKNOWN, f"{source} has no blob {digest}", digest=digest
                 )
@@ -442,13 +443,17 @@ class MetadataStore:
         return await self._db.run(fn)
 
     async def stat_blob_link(self, repo: str, digest: str) -> int:
-        """The size of the blob `repo` links to; BLOB_UNKNOWN when it has no such link."""
+        """The size of the blob `repo` links to; BLOB_UNKNOWN when it has no such link,
+        NAME_UNKNOWN when `repo` has been deleted (its links stay until GC purges them)."""
         check_name(repo)
         digest = _check_digest(digest)
         key = self._keys.blob_link(repo, digest)
 
         def fn(tr: Transaction) -> bytes | None:
-            return tr.get(key)
+            raw = tr.get(key)
+            if raw is not None:
+                self._require_repository(tr, repo)
+            return raw
 
         raw = await self._db.read(fn)
         if raw is None:

@@ -310,7 +310,8 @@ async def test_delete_and_purge_repository(meta: Meta) -> None:
     again = await rpc.call(meta.gc.DeleteRepository(request))
     assert (again.task_id, again.deleted_at) == (deleted.task_id, deleted.deleted_at)
 
-    # Gone at once: tags, manifests; new content waits for the purge.
+    # Gone at once: tags, manifests, blob links (though kept until the purge, for GC);
+    # new content waits for the purge.
     await expect(
         Reason.NAME_UNKNOWN,
         grpc.StatusCode.NOT_FOUND,
@@ -321,6 +322,13 @@ async def test_delete_and_purge_repository(meta: Meta) -> None:
         grpc.StatusCode.NOT_FOUND,
         meta.md.GetManifest(md.GetManifestRequest(repository="p/gone", reference="v1")),
     )
+    await expect(
+        Reason.NAME_UNKNOWN,
+        grpc.StatusCode.NOT_FOUND,
+        meta.md.StatBlobLink(md.StatBlobLinkRequest(repository="p/gone", digest=CONFIG)),
+    )
+    mount = md.MountBlobRequest(repository="p/kept", from_repository="p/gone", digest=CONFIG)
+    await expect(Reason.BLOB_UNKNOWN, grpc.StatusCode.NOT_FOUND, meta.md.MountBlob(mount))
     await expect(
         Reason.UNAVAILABLE,
         grpc.StatusCode.UNAVAILABLE,

@@ -341,11 +341,15 @@ def test_each_kind_is_collected_after_its_grace_and_nothing_else(start_registry)
     denied.expect_error(403, "DENIED")
     assert reg.request("DELETE", "/api/v1/repositories/gc/d", auth=None).status == 401
     reg.request("DELETE", "/api/v1/repositories/gc/none").expect_error(404, "NAME_UNKNOWN")
+    d_only = f"/v2/gc/d/blobs/{d1.blobs[2].digest}"
+    assert reg.request("HEAD", d_only).status == 200  # and now in the gateway's cache
     deleted = reg.request("DELETE", "/api/v1/repositories/gc/d")
     assert deleted.status == 202, deleted
     assert deleted.json()["name"] == "gc/d" and deleted.json()["status"] == "deleting"
     reg.request("GET", "/v2/gc/d/tags/list").expect_error(404, "NAME_UNKNOWN")
     reg.request("GET", "/v2/gc/d/manifests/v1").expect_error(404, "NAME_UNKNOWN")
+    assert reg.request("HEAD", d_only).status == 404
+    reg.request("GET", d_only).expect_error(404, "NAME_UNKNOWN")
     assert "deleted" in reg.cli("repo", "delete", "gc/e").stdout
     gone_with_repositories = {d1.blobs[0].digest, d1.blobs[2].digest, *(b.digest for b in e1.blobs)}
     wait_for(

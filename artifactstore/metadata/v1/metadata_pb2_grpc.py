@@ -223,14 +223,15 @@ class MetadataServiceServicer:
 
     def MountBlob(self, request, context):
         """Links a blob that `from_repository` already has into `repository`
-        (NOT_FOUND / BLOB_UNKNOWN when the source has no such link).
+        (NOT_FOUND / BLOB_UNKNOWN when the source has no such link, or has been deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StatBlobLink(self, request, context):
-        """The repository's link to a blob (NOT_FOUND / BLOB_UNKNOWN when absent).
+        """The repository's link to a blob (NOT_FOUND / BLOB_UNKNOWN when absent,
+        NOT_FOUND / NAME_UNKNOWN when the repository has been deleted).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -93,10 +93,12 @@ class MetadataServiceStub:
     """
     MountBlob: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.MountBlobRequest, _metadata_pb2.BlobLink]
     """Links a blob that `from_repository` already has into `repository`
-    (NOT_FOUND / BLOB_UNKNOWN when the source has no such link).
+    (NOT_FOUND / BLOB_UNKNOWN when the source has no such link, or has been deleted).
     """
     StatBlobLink: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.StatBlobLinkRequest, _metadata_pb2.BlobLink]
-    """The repository's link to a blob (NOT_FOUND / BLOB_UNKNOWN when absent)."""
+    """The repository's link to a blob (NOT_FOUND / BLOB_UNKNOWN when absent,
+    NOT_FOUND / NAME_UNKNOWN when the repository has been deleted).
+    """
     UnlinkBlob: _grpc.UnaryUnaryMultiCallable[_metadata_pb2.UnlinkBlobRequest, _metadata_pb2.UnlinkBlobResponse]
     """Removes the repository's link to a blob; the bytes stay until GC finds no link left.
     NOT_FOUND / BLOB_UNKNOWN when there was no link.
@@ -184,10 +186,12 @@ class MetadataServiceAsyncStub(MetadataServiceStub):
     """
     MountBlob: _aio.UnaryUnaryMultiCallable[_metadata_pb2.MountBlobRequest, _metadata_pb2.BlobLink]  # type: ignore[assignment]
     """Links a blob that `from_repository` already has into `repository`
-    (NOT_FOUND / BLOB_UNKNOWN when the source has no such link).
+    (NOT_FOUND / BLOB_UNKNOWN when the source has no such link, or has been deleted).
     """
     StatBlobLink: _aio.UnaryUnaryMultiCallable[_metadata_pb2.StatBlobLinkRequest, _metadata_pb2.BlobLink]  # type: ignore[assignment]
-    """The repository's link to a blob (NOT_FOUND / BLOB_UNKNOWN when absent)."""
+    """The repository's link to a blob (NOT_FOUND / BLOB_UNKNOWN when absent,
+    NOT_FOUND / NAME_UNKNOWN when the repository has been deleted).
+    """
     UnlinkBlob: _aio.UnaryUnaryMultiCallable[_metadata_pb2.UnlinkBlobRequest, _metadata_pb2.UnlinkBlobResponse]  # type: ignore[assignment]
     """Removes the repository's link to a blob; the bytes stay until GC finds no link left.
     NOT_FOUND / BLOB_UNKNOWN when there was no link.
@@ -326,7 +330,7 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_metadata_pb2.BlobLink, _abc.Awaitable[_metadata_pb2.BlobLink]]:
         """Links a blob that `from_repository` already has into `repository`
-        (NOT_FOUND / BLOB_UNKNOWN when the source has no such link).
+        (NOT_FOUND / BLOB_UNKNOWN when the source has no such link, or has been deleted).
         """
 
     @_abc_1.abstractmethod
@@ -335,7 +339,9 @@ class MetadataServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _metadata_pb2.StatBlobLinkRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_metadata_pb2.BlobLink, _abc.Awaitable[_metadata_pb2.BlobLink]]:
-        """The repository's link to a blob (NOT_FOUND / BLOB_UNKNOWN when absent)."""
+        """The repository's link to a blob (NOT_FOUND / BLOB_UNKNOWN when absent,
+        NOT_FOUND / NAME_UNKNOWN when the repository has been deleted).
+        """
 
     @_abc_1.abstractmethod
     def UnlinkBlob(
