@@ -138,15 +138,17 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
         )
 
     async def LinkBlob(self, request: pb.LinkBlobRequest, context: Context) -> pb.BlobLink:
-        await self._store.link_blob(
-            request.repository, request.digest, request.size, request.upload_id
-        )
+        with excusing_caller(context):
+            await self._store.link_blob(
+                request.repository, request.digest, request.size, request.upload_id
+            )
         return pb.BlobLink(repository=request.repository, digest=request.digest, size=request.size)
 
     async def MountBlob(self, request: pb.MountBlobRequest, context: Context) -> pb.BlobLink:
-        size = await self._store.mount_blob(
-            request.repository, request.from_repository, request.digest
-        )
+        with excusing_caller(context):
+            size = await self._store.mount_blob(
+                request.repository, request.from_repository, request.digest
+            )
         return pb.BlobLink(repository=request.repository, digest=request.digest, size=size)
 
     async def StatBlobLink(self, request: pb.StatBlobLinkRequest, context: Context) -> pb.BlobLink:
@@ -156,7 +158,8 @@ class MetadataServicer(metadata_pb2_grpc.MetadataServiceServicer):
     async def UnlinkBlob(
         self, request: pb.UnlinkBlobRequest, context: Context
     ) -> pb.UnlinkBlobResponse:
-        await self._store.unlink_blob(request.repository, request.digest)
+        with excusing_caller(context):
+            await self._store.unlink_blob(request.repository, request.digest)
         return pb.UnlinkBlobResponse()
 
     async def CreateUpload(

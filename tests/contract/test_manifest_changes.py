@@ -127,9 +127,10 @@ async def test_a_closed_watch_releases_waiting_commits(stub: Stub) -> None:
 
 
 async def test_the_writers_own_watch_is_not_waited_for(stub: Stub) -> None:
-    """A gateway naming its own watch with a PutManifest drops its copies itself: the
-    commit answers without its ack, the others are told what changed, and it is not (its
-    stream only moves on to the commit's sequence); others' commits it is told of."""
+    """A gateway naming its own watch with a write (PutManifest, LinkBlob, MountBlob,
+    UnlinkBlob) drops its copies itself: the commit answers without its ack, the others
+    are told what changed, and it is not (its stream only moves on to the commit's
+    sequence); others' commits it is told of."""
     await link(stub, "p/app", CONFIG, LAYER)
     (writer, first), (other, _) = await watching(stub), await watching(stub)
     assert first.watcher_id
@@ -143,6 +144,22 @@ async def test_the_writers_own_watch_is_not_waited_for(stub: Stub) -> None:
         writer.ack(told.sequence)
     assert not told.repositories and not told.everything, told
     writer.ack(told.sequence)
+
+    # So do its blob link writes: made, mounted and removed without its ack.
+    named = ((rpc.WATCHER_METADATA, first.watcher_id),)
+    another = str(sha256_of(b"another"))
+    linking = pb.LinkBlobRequest(repository="p/app", digest=another, size=5)
+    mounting = pb.MountBlobRequest(repository="p/copy", from_repository="p/app", digest=another)
+    unlinking = pb.UnlinkBlobRequest(repository="p/app", digest=another)
+    writes: tuple[Callable[[], Awaitable[object]], ...] = (
+        lambda: rpc.call(stub.LinkBlob(linking, metadata=named)),
+        lambda: rpc.call(stub.MountBlob(mounting, metadata=named)),
+        lambda: rpc.call(stub.UnlinkBlob(unlinking, metadata=named)),
+    )
+    for write in writes:
+        written = asyncio.ensure_future(write())
+        other.ack((await other.next_change()).sequence)
+        await asyncio.wait_for(written, 2)
 
     pushed = put(stub, "p/app", "v2")  # a commit of no watcher's
     assert list((await writer.next_change()).repositories) == ["p/app"]
